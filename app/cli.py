@@ -91,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
 def _is_user_error(exc: Exception) -> bool:
     from app.config import ConfigError
     from backends.base import BadSimulateSpec
+    from backends.placement import PlacementError
     from engine.errors import EngineInputError
 
-    return isinstance(exc, ConfigError | BadSimulateSpec | EngineInputError)
+    return isinstance(exc, ConfigError | BadSimulateSpec | PlacementError | EngineInputError)
 
 
 if __name__ == "__main__":

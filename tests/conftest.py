@@ -32,3 +32,19 @@ def _private_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECDECK_CONFIG", str(tmp_path / "config.toml"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory):
+    """(target_dir, draft_dir): a small random Llama pair that shares a tokenizer."""
+    from tests.tiny_models import make_pair
+
+    return make_pair(tmp_path_factory.mktemp("tiny-pair"))
+
+
+@pytest.fixture(scope="session")
+def tiny_twin_pair(tmp_path_factory):
+    """(target_dir, draft_dir) where the draft has exactly the target's weights."""
+    from tests.tiny_models import make_pair
+
+    return make_pair(tmp_path_factory.mktemp("tiny-twin"), same_weights=True)
