@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("daemon", help="(started by the supervisor)")
     p.add_argument("--role", required=True, choices=("draft", "target"))
     p.add_argument("--spec", required=True, help="path of the daemon's launch spec (JSON)")
+    # global options may also follow the command; SUPPRESS keeps a value given before it
+    for command_parser in sub.choices.values():
+        for flag, metavar in (("--simulate", "SPEC"), ("--config", "FILE"), ("--theme", "NAME")):
+            command_parser.add_argument(
+                flag, metavar=metavar, default=argparse.SUPPRESS, help="global option"
+            )
     return parser
 
 

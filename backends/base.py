@@ -29,6 +29,8 @@ class Device:
     memory_total_bytes: int | None = None
     pci_bus_id: str | None = None
     uuid: str | None = None
+    # what the runtime's visibility variable accepts (CUDA: UUID; HIP: ROCr UUID or index)
+    visible_id: str | None = None
 
 
 @dataclass(frozen=True)

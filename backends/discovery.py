@@ -1,0 +1,87 @@
+"""Find every device once: CUDA through NVML, HIP through amdsmi, the CPU, simulated ones."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from backends.amdsmi import AmdSmiBackend
+from backends.base import Backend, BackendUnavailable, Device, Sample
+from backends.cpu import CpuBackend
+from backends.nvml import NvmlBackend
+from backends.simulated import SimulatedBackend, parse_simulate_spec
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A backend whose devices are absent, and why, in one line."""
+
+    backend: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """The devices found, the backends that could not be used, and who samples what."""
+
+    devices: tuple[Device, ...]
+    unavailable: tuple[Unavailable, ...] = ()
+    owners: Mapping[str, Backend] = field(default_factory=dict, repr=False, compare=False)
+    backends: tuple[Backend, ...] = field(default=(), repr=False, compare=False)
+
+    def get(self, device_id: str) -> Device | None:
+        """The device with this id, or None."""
+        return next((d for d in self.devices if d.id == device_id), None)
+
+    def sample(self, device: Device) -> Sample:
+        """One reading of one device from the backend that found it."""
+        return self.owners[device.id].sample(device)
+
+    def set_phase(self, phase: str) -> None:
+        """Tell simulated devices what the run is doing, so their telemetry follows it."""
+        for backend in self.backends:
+            if isinstance(backend, SimulatedBackend):
+                backend.set_phase(phase)
+
+    def close(self) -> None:
+        """Release every vendor library."""
+        for backend in self.backends:
+            backend.close()
+
+
+def default_backends() -> tuple[Backend, ...]:
+    """The real backends, in the order their devices are listed."""
+    return (NvmlBackend(), AmdSmiBackend(), CpuBackend())
+
+
+def discover(simulate: str | None = None, backends: Sequence[Backend] | None = None) -> Inventory:
+    """Every device, CUDA then HIP then the CPU then simulated; a bad spec raises first."""
+    counts = parse_simulate_spec(simulate) if simulate is not None else ()
+    chosen = list(default_backends() if backends is None else backends)
+    if counts:
+        chosen.append(SimulatedBackend(counts))
+    devices: list[Device] = []
+    unavailable: list[Unavailable] = []
+    owners: dict[str, Backend] = {}
+    started: list[Backend] = []
+    for backend in chosen:
+        try:
+            found = backend.discover()
+        except BackendUnavailable as exc:
+            unavailable.append(Unavailable(backend.name, str(exc)))
+            continue
+        except Exception as exc:  # a vendor library failing in a new way must not stop specdeck
+            backend.close()
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            unavailable.append(Unavailable(backend.name, f"device discovery failed: {reason}"))
+            continue
+        started.append(backend)
+        for device in found:
+            devices.append(device)
+            owners[device.id] = backend
+    return Inventory(
+        devices=tuple(devices),
+        unavailable=tuple(unavailable),
+        owners=owners,
+        backends=tuple(started),
+    )

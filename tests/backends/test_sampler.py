@@ -1,0 +1,117 @@
+"""DeviceSampler: bounded history, phase stamps, failing devices skipped, the thread."""
+
+import threading
+import time
+
+import pytest
+
+from backends.base import Backend, Device, Sample
+from backends.discovery import Inventory
+from backends.sampler import DeviceSampler
+from backends.simulated import SimulatedBackend
+
+
+class CountingBackend(Backend):
+    """Devices whose utilization is the number of the reading; `broken` ones raise."""
+
+    name = "cuda"
+
+    def __init__(self, broken=()):
+        self.broken = set(broken)
+        self.readings = 0
+
+    def discover(self):
+        return [Device(id=f"cuda:{i}", backend="cuda", name="GPU", index=i) for i in range(2)]
+
+    def sample(self, device):
+        if device.id in self.broken:
+            raise RuntimeError("GPU is lost")
+        self.readings += 1
+        return Sample(device_id=device.id, time=time.time(), utilization_percent=self.readings)
+
+
+def inventory_of(backend: Backend) -> Inventory:
+    devices = tuple(backend.discover())
+    return Inventory(devices=devices, owners={d.id: backend for d in devices}, backends=(backend,))
+
+
+def test_history_is_a_bounded_ring_buffer():
+    sampler = DeviceSampler(inventory_of(CountingBackend()), history=3)
+
+    for _ in range(5):
+        sampler.poll()
+
+    history = sampler.history("cuda:0")
+    assert len(history) == 3
+    assert [s.utilization_percent for s in history] == [5, 7, 9]
+    assert sampler.latest("cuda:0") is history[-1]
+    assert sampler.latest("cuda:9") is None and sampler.history("cuda:9") == []
+
+
+def test_each_sample_is_stamped_with_the_phase_at_the_time():
+    sampler = DeviceSampler(inventory_of(CountingBackend()))
+    sampler.poll()
+    sampler.phase = "prefill"
+    sampler.poll()
+    sampler.phase = "decode"
+    sampler.poll()
+
+    assert [s.phase for s in sampler.history("cuda:1")] == ["idle", "prefill", "decode"]
+    with pytest.raises(ValueError, match="unknown phase"):
+        sampler.phase = "warming up"
+
+
+def test_a_device_whose_reading_fails_is_skipped_not_fatal():
+    sampler = DeviceSampler(inventory_of(CountingBackend(broken={"cuda:0"})))
+
+    taken = sampler.poll()
+
+    assert [s.device_id for s in taken] == ["cuda:1"]
+    assert sampler.history("cuda:0") == []
+
+
+def test_subscribers_get_every_sample_and_a_broken_one_does_not_stop_others():
+    sampler = DeviceSampler(inventory_of(CountingBackend()))
+    seen = []
+
+    def broken(sample):
+        raise RuntimeError("listener bug")
+
+    sampler.subscribe(broken)
+    unsubscribe = sampler.subscribe(seen.append)
+    sampler.poll()
+    unsubscribe()
+    sampler.poll()
+
+    assert [s.device_id for s in seen] == ["cuda:0", "cuda:1"]
+
+
+def test_the_thread_polls_at_its_interval_until_stopped():
+    sampler = DeviceSampler(inventory_of(CountingBackend()), interval_s=0.01)
+    two = threading.Event()
+    sampler.subscribe(lambda s: two.set() if len(sampler.history("cuda:1")) >= 2 else None)
+
+    sampler.start()
+    try:
+        assert two.wait(5)
+    finally:
+        sampler.stop()
+
+    count = len(sampler.history("cuda:0"))
+    time.sleep(0.05)
+    assert len(sampler.history("cuda:0")) == count
+    assert not any(t.name == "specdeck-sampler" for t in threading.enumerate())
+
+
+def test_simulated_devices_get_busy_when_the_sampler_phase_says_decode():
+    now = [0.0]
+    backend = SimulatedBackend((("cuda", 1),), clock=lambda: now[0])
+    sampler = DeviceSampler(inventory_of(backend))
+    (idle,) = sampler.poll()
+
+    sampler.phase = "decode"
+    now[0] += 8
+    (busy,) = sampler.poll()
+
+    assert busy.phase == "decode"
+    assert busy.utilization_percent > idle.utilization_percent + 50
