@@ -1,0 +1,89 @@
+"""`specdeck runs [show ID] [--json]`: the run records."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from app.config import data_dir
+from ipc.records import RunNotFound, list_runs, load_run, placement_text
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.action == "show":
+        return show(args.run_id or "", args.json)
+    if args.run_id:
+        print(
+            f"specdeck: unexpected argument {args.run_id!r} (did you mean runs show?)",
+            file=sys.stderr,
+        )
+        return 2
+    runs = list_runs(data_dir())
+    if args.json:
+        print(json.dumps({"runs": [dataclasses.asdict(r) for r in runs]}, indent=2))
+        return 0
+    if not runs:
+        print(f"no run records in {data_dir() / 'runs'}")
+        return 0
+    header = ("id", "time", "status", "models", "placement", "AL", "accept", "tok/s", "speedup")
+    rows = [header] + [
+        (
+            r.run_id,
+            r.started[:19].replace("T", " "),
+            r.status,
+            f"{_short(r.target_model)} <- {_short(r.draft_model)}",
+            f"{r.placement} ({r.mode})",
+            _num(r.mean_acceptance_length, ".2f"),
+            _num(r.acceptance_rate, ".1%"),
+            _num(r.decode_tokens_per_s, ".1f"),
+            "n/a" if r.speedup is None else f"{r.speedup:.2f}x",
+        )
+        for r in runs
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def show(run_id: str, as_json: bool) -> int:
+    """Print one run record; an unknown id is one line and status 2."""
+    try:
+        run = load_run(data_dir(), run_id)
+    except RunNotFound as exc:
+        print(f"specdeck: {exc}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps(run, indent=2))
+        return 0
+    s = run.get("summary") or {}
+    lines = [
+        ("run", run["run_id"]),
+        ("status", run["status"] + (f": {run['error']}" if run.get("error") else "")),
+        ("started", run.get("started", "?")),
+        ("target", run["target_model"]),
+        ("draft", run["draft_model"]),
+        ("placement", f"{placement_text(run['placement'])} ({run['mode']})"),
+        ("options", ", ".join(f"{k}={v}" for k, v in run["options"].items() if k != "prompt")),
+        ("steps", str(len(run["steps"]))),
+        ("mean acceptance length", _num(s.get("mean_acceptance_length"), ".2f")),
+        ("acceptance rate", _num(s.get("acceptance_rate"), ".1%")),
+        ("decode", _num(s.get("decode_tokens_per_s"), ".1f") + " tokens/s"),
+        ("speedup", "n/a" if s.get("speedup") is None else f"{s['speedup']:.2f}x"),
+        ("record", run["folder"]),
+    ]
+    width = max(len(label) for label, _ in lines)
+    for label, value in lines:
+        print(f"{label:<{width}}  {value}")
+    return 0
+
+
+def _short(model: str) -> str:
+    """A model folder's last part; catalog names stay as they are."""
+    return model.rstrip("/").rsplit("/", 1)[-1]

@@ -1,0 +1,185 @@
+"""The draft daemon: one drafter served on a ROUTER socket (`specdeck daemon --role draft`)."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import zmq
+
+from engine.drafter import Drafter
+from ipc import codec
+from ipc.daemon_runtime import DaemonSpec, Telemetry, torch_build, torch_problem, watch_parent
+
+MAX_K = 64
+
+
+class RequestError(ValueError):
+    """A well-formed request that cannot be served now; `code` is "bad-value" or "state"."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+class DraftDaemon:
+    """Answers draft-link requests (begin, propose, q_row, commit) with one drafter."""
+
+    def __init__(self, drafter: Drafter, welcome: Mapping[str, Any], role: str = "draft") -> None:
+        self.drafter = drafter
+        self.welcome = dict(welcome)
+        self.role = role
+        self.vocab_size: int | None = getattr(drafter, "vocab_size", None)
+        self.shutting_down = False
+        self._begun = False
+        self._proposed: int | None = None  # length of the last proposal not yet committed
+
+    def handle(self, frames: list[bytes]) -> list[bytes]:
+        """Answer one request; a bad one gets an `error` reply and the daemon goes on."""
+        try:
+            msg = codec.decode(frames)
+        except codec.ProtocolError as exc:
+            return codec.error_frames(exc.code, str(exc), exc.msg_id, self.role)
+        try:
+            return self._serve(msg)
+        except RequestError as exc:
+            return codec.error_frames(exc.code, f"{msg.type}: {exc}", msg.id, self.role)
+        except Exception as exc:  # the drafter failed; say so and stay up for the next begin
+            self._begun = False
+            text = f"{msg.type} failed: {type(exc).__name__}: {exc}".splitlines()[0]
+            return codec.error_frames("internal", text, msg.id, self.role)
+
+    def _serve(self, msg: codec.Message) -> list[bytes]:
+        kind = msg.type
+        if kind == "hello":
+            return codec.encode("welcome", self.welcome, id=msg.id)
+        if kind == "shutdown":
+            self.shutting_down = True
+            return codec.encode("ok", id=msg.id)
+        if kind == "begin":
+            return self._begin(msg)
+        if not self._begun:
+            raise RequestError("state", "no session: send begin first")
+        if kind == "propose":
+            k = msg["k"]
+            if not 1 <= k <= MAX_K:
+                raise RequestError("bad-value", f"k must be 1..{MAX_K}, not {k}")
+            t0 = time.perf_counter()
+            proposal = self.drafter.propose(k)
+            compute = time.perf_counter() - t0
+            self._proposed = len(proposal.tokens)
+            arrays = {
+                "tokens": np.asarray(proposal.tokens, dtype=np.int64),
+                "token_probs": np.asarray(proposal.token_probs, dtype=np.float64),
+            }
+            return codec.encode("proposal", {"compute_s": compute}, id=msg.id, arrays=arrays)
+        if kind == "q_row":
+            position = msg["position"]
+            if self._proposed is None or not 0 <= position < self._proposed:
+                raise RequestError("bad-value", f"no drafted position {position} to describe")
+            t0 = time.perf_counter()
+            row = np.asarray(self.drafter.q_row(position), dtype=np.float32)
+            compute = time.perf_counter() - t0
+            return codec.encode("row", {"compute_s": compute}, id=msg.id, arrays={"row": row})
+        if kind == "commit":
+            accepted, token = msg["accepted"], msg["next_token"]
+            if not 0 <= accepted <= (self._proposed or 0):
+                raise RequestError("bad-value", f"cannot accept {accepted} of {self._proposed}")
+            self._check_token(token)
+            t0 = time.perf_counter()
+            self.drafter.commit(accepted, token)
+            self._proposed = 0  # a commit with nothing drafted appends one more token
+            return codec.encode("ok", {"compute_s": time.perf_counter() - t0}, id=msg.id)
+        raise RequestError("state", f"a draft daemon does not serve {kind!r}")
+
+    def _begin(self, msg: codec.Message) -> list[bytes]:
+        prompt = msg.arrays["prompt_ids"]
+        temperature = msg["temperature"]
+        if prompt.size == 0:
+            raise RequestError("bad-value", "empty prompt")
+        for token in (int(prompt.min()), int(prompt.max())):
+            self._check_token(token)
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise RequestError("bad-value", f"temperature must be >= 0, not {temperature}")
+        t0 = time.perf_counter()
+        self._begun = False
+        self.drafter.begin([int(t) for t in prompt], float(temperature), msg["seed"])
+        self._begun, self._proposed = True, 0
+        return codec.encode("ok", {"compute_s": time.perf_counter() - t0}, id=msg.id)
+
+    def _check_token(self, token: int) -> None:
+        if token < 0 or (self.vocab_size is not None and token >= self.vocab_size):
+            raise RequestError("bad-value", f"token id {token} is outside the vocabulary")
+
+    def serve(self, sock: zmq.Socket, poll_ms: int = 200) -> None:
+        """Serve requests on a bound ROUTER until a `shutdown` request."""
+        while not self.shutting_down:
+            if not sock.poll(poll_ms, zmq.POLLIN):
+                continue
+            frames = sock.recv_multipart()
+            if len(frames) < 1:
+                continue
+            sock.send_multipart([frames[0], *self.handle(frames[1:])])
+
+
+def model_facts(loaded: Any, spec: DaemonSpec) -> dict[str, Any]:
+    """The `welcome` reply fields for a loaded model."""
+    import torch
+
+    info = getattr(loaded, "info", None)
+    return {
+        "role": spec.role,
+        "model": str(getattr(info, "name", None) or spec.model),
+        "tokenizer_fingerprint": getattr(info, "tokenizer_fingerprint", None),
+        "device_ids": list(spec.device_ids),
+        "torch_version": str(torch.__version__),
+        "torch_build": torch_build(),
+        "pid": os.getpid(),
+    }
+
+
+def load_drafter(model: str, torch_devices: tuple[str, ...], trust_remote_code: bool):
+    """Load a model and wrap it in a LocalDrafter; returns (drafter, loaded model)."""
+    from engine.catalog import resolve_model
+    from engine.loading import load_model
+    from engine.local_drafter import LocalDrafter
+
+    info = resolve_model(model, ())
+    loaded = load_model(info, list(torch_devices), trust_remote_code=trust_remote_code)
+    return LocalDrafter(loaded), loaded
+
+
+def main(spec: DaemonSpec) -> int:
+    """Run the draft daemon until shutdown; 1 with a one-line error when it cannot start."""
+    watch_parent(spec.parent_pid, spec.pdeathsig)
+    ctx = zmq.Context()
+    telemetry = Telemetry(ctx, spec.telemetry_endpoint, spec.role, spec.heartbeat_s)
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.bind(spec.control_endpoint)
+    telemetry.status("loading", f"loading {spec.model} on {', '.join(spec.device_ids)}")
+    try:
+        problem = torch_problem(spec)
+        if problem:
+            raise RuntimeError(problem)
+        drafter, loaded = load_drafter(spec.model, spec.torch_devices, spec.trust_remote_code)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"specdeck draft daemon: {text}", file=sys.stderr)
+        telemetry.error("start", text)
+        telemetry.close()
+        return 1
+    daemon = DraftDaemon(drafter, model_facts(loaded, spec), spec.role)
+    daemon.vocab_size = getattr(loaded.model.config, "vocab_size", None)
+    telemetry.status("ready", f"{daemon.welcome['model']} on {', '.join(spec.device_ids)}")
+    daemon.serve(sock)
+    drafter.close()
+    telemetry.status("stopped")
+    telemetry.close()
+    sock.close()
+    return 0

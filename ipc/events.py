@@ -1,0 +1,80 @@
+"""What a run tells its watcher while it goes on (no torch here; the dashboard imports it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.metrics import StepRecord
+
+STATES = ("starting", "loading", "ready", "prefill", "decode", "done", "stopped", "failed")
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """A role's state changed (`role` is "draft", "target" or "run")."""
+
+    role: str
+    state: str
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """One speculative step and the running figures after it."""
+
+    step: StepRecord
+    token_ids: tuple[int, ...]
+    text: str
+    mean_acceptance_length: float | None
+    acceptance_rate: float | None
+    per_position_acceptance: tuple[float, ...]
+    decode_tokens_per_s: float | None
+    new_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """Tokens of the target-only baseline (phase "baseline"), for progress display."""
+
+    phase: str
+    token_ids: tuple[int, ...]
+    text: str
+    new_tokens: int
+    decode_tokens_per_s: float | None
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """A line a daemon or the supervisor wants the user to see."""
+
+    level: str
+    text: str
+    role: str = ""
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """A role failed; `exit_status` is the daemon's exit status when it died, else None."""
+
+    role: str
+    text: str
+    exit_status: int | None = None
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    """The run finished; `result` is the `specdeck run --json` document."""
+
+    result: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DaemonEvent:
+    """A daemon process started."""
+
+    role: str
+    pid: int
+    device_ids: tuple[str, ...]
+
+
+RunEvent = StatusEvent | StepEvent | TokenEvent | LogEvent | ErrorEvent | DoneEvent | DaemonEvent

@@ -1,0 +1,483 @@
+"""The one entry point that launches a run through daemons (no torch here).
+
+`specdeck run --mode split` and the dashboard call `start_run`; it returns at once, and a
+background thread starts the daemons, drives the run, writes the run record and reports
+what happens through `on_event`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from backends.placement import Placement, PlacementError
+from engine.metrics import AcceptanceStats, StepRecord, decode_tokens_per_s
+from ipc import events as ev
+from ipc.daemon_runtime import DaemonSpec
+from ipc.records import RunRecorder, new_run_id
+from ipc.supervisor import Daemon, Incoming, Supervisor, exit_text
+
+READY_TIMEOUT_S = 900.0  # loading a large model from a cold disk takes minutes
+HEARTBEAT_TIMEOUT_S = 30.0
+POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What to run and where (model values are resolved folder paths)."""
+
+    target_model: str
+    draft_model: str
+    placement: Placement
+    mode: str
+    k: int | str
+    temperature: float
+    seed: int
+    prompt: str
+    max_new_tokens: int
+    baseline: bool
+    trust_remote_code: bool = False
+    trust_draft_remote_code: bool | None = None  # None: as trust_remote_code
+
+    @property
+    def draft_trust(self) -> bool:
+        """Whether the draft model's own code may run."""
+        if self.trust_draft_remote_code is None:
+            return self.trust_remote_code
+        return self.trust_draft_remote_code
+
+
+def default_data_dir() -> Path:
+    """app.config.data_dir()'s rule, for callers that pass no data_dir."""
+    env = os.environ.get("SPECDECK_DATA_DIR")
+    return Path(env) if env else Path(platformdirs.user_data_dir("specdeck"))
+
+
+class RunFailed(RuntimeError):
+    """The run ended with an error; the message is one line naming the role at fault."""
+
+
+class RunHandle:
+    """A run going on in the background."""
+
+    def __init__(self, run_id: str, record_dir: Path) -> None:
+        self.run_id = run_id
+        self.record_dir = record_dir
+        self.error: ev.ErrorEvent | None = None
+        self.result: dict | None = None
+        self.state = "starting"
+        self._pids: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """role -> pid of each daemon started so far."""
+        return dict(self._pids)
+
+    def stop(self) -> None:
+        """Ask the run to stop; daemons are shut down and the record is kept."""
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> dict | None:
+        """The `specdeck run --json` document, or None if the run failed, was stopped early
+        without a result, or is still going after `timeout`."""
+        self._done.wait(timeout)
+        return self.result
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+
+def start_run(
+    request: RunRequest,
+    *,
+    inventory: Any,
+    backend_python: Mapping[str, str],
+    sampler: Any = None,
+    on_event: Callable[[ev.RunEvent], None] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    config_path: str | os.PathLike | None = None,
+) -> RunHandle:
+    """Launch the daemons of one run and return at once; the run goes on in a thread."""
+    placement = request.placement
+    if request.mode not in ("inprocess", "split"):
+        raise PlacementError(f"unknown mode {request.mode!r} (inprocess or split)")
+    for device_id in (*placement.target, placement.draft):
+        if inventory.get(device_id) is None:
+            raise PlacementError(f"no device {device_id!r} on this machine")
+    if request.mode == "inprocess" and placement.draft not in placement.target:
+        raise PlacementError("in-process mode needs the draft on one of the target's devices")
+    run_id = new_run_id()
+    recorder = RunRecorder(
+        data_dir or default_data_dir(),
+        run_id=run_id,
+        target_model=request.target_model,
+        draft_model=request.draft_model,
+        placement={"target": list(placement.target), "draft": placement.draft},
+        mode=request.mode,
+        options={
+            "k": request.k,
+            "temperature": request.temperature,
+            "seed": request.seed,
+            "max_new_tokens": request.max_new_tokens,
+            "baseline": request.baseline,
+            "trust_remote_code": request.trust_remote_code,
+            "prompt": request.prompt,
+        },
+    )
+    handle = RunHandle(run_id, recorder.folder)
+    run = _Run(
+        request,
+        handle,
+        recorder,
+        inventory,
+        dict(backend_python),
+        sampler,
+        on_event or (lambda event: None),
+        str(config_path or ""),
+    )
+    handle._thread = threading.Thread(target=run.main, name=f"run-{run_id}", daemon=True)
+    handle._thread.start()
+    return handle
+
+
+class _Run:
+    """The background thread of one run: supervisor, events, record."""
+
+    def __init__(
+        self,
+        request: RunRequest,
+        handle: RunHandle,
+        recorder: RunRecorder,
+        inventory: Any,
+        backend_python: dict[str, str],
+        sampler: Any,
+        on_event: Callable[[ev.RunEvent], None],
+        config_path: str,
+    ) -> None:
+        self.request = request
+        self.handle = handle
+        self.recorder = recorder
+        self.inventory = inventory
+        self.backend_python = backend_python
+        self.sampler = sampler
+        self.on_event = on_event
+        self.config_path = config_path
+        self.stats = AcceptanceStats()
+        self.started = False
+        self.stop_sent = False
+        self.result: dict | None = None
+        self.failure: ev.ErrorEvent | None = None
+
+    def emit(self, event: ev.RunEvent) -> None:
+        with contextlib.suppress(Exception):  # a watcher's bug must not kill the run
+            self.on_event(event)
+
+    def main(self) -> None:
+        own_sampler, unsubscribe = self._start_sampling()
+        supervisor = Supervisor(log_dir=self.recorder.folder)
+        try:
+            self._launch(supervisor)
+            self._drive(supervisor)
+        except Exception as exc:  # a bug or an OS error; still stop and record
+            self.failure = self.failure or ev.ErrorEvent("run", f"{type(exc).__name__}: {exc}")
+        finally:
+            self._set_phase("idle")
+            supervisor.stop(grace_s=3.0 if self.failure is None else 0.5)
+            if unsubscribe is not None:
+                with contextlib.suppress(Exception):
+                    unsubscribe()
+            if own_sampler is not None:
+                own_sampler.stop()
+            self._finish()
+
+    # -- launching -----------------------------------------------------------------------
+
+    def _launch(self, supervisor: Supervisor) -> None:
+        req, placement = self.request, self.request.placement
+        target_devices = [self.inventory.get(i) for i in placement.target]
+        draft_device = self.inventory.get(placement.draft)
+        if req.mode == "split":
+            draft_spec = self._spec(
+                "draft", req.draft_model, [draft_device], supervisor, trust=req.draft_trust
+            )
+            self._start(supervisor, draft_spec, [draft_device])
+            target_spec = self._spec(
+                "target",
+                req.target_model,
+                target_devices,
+                supervisor,
+                draft_endpoint=supervisor.endpoint("draft-control"),
+            )
+        else:
+            from backends.visibility import torch_devices
+
+            torch_names = torch_devices(target_devices)
+            draft_torch = torch_names[placement.target.index(placement.draft)]
+            target_spec = self._spec(
+                "target",
+                req.target_model,
+                target_devices,
+                supervisor,
+                draft_model=_absolute(req.draft_model),
+                draft_torch_devices=(draft_torch,),
+                draft_trust_remote_code=req.draft_trust,
+            )
+        self._start(supervisor, target_spec, target_devices)
+
+    def _spec(
+        self,
+        role: str,
+        model: str,
+        devices: list,
+        supervisor: Supervisor,
+        trust: bool | None = None,
+        **extra: Any,
+    ) -> DaemonSpec:
+        from backends.visibility import torch_devices
+
+        return DaemonSpec(
+            role=role,
+            run_id=self.handle.run_id,
+            model=_absolute(model),
+            device_ids=tuple(d.id for d in devices),
+            torch_devices=tuple(torch_devices(devices)),
+            backend=devices[0].backend,
+            simulated=any(d.simulated for d in devices),
+            control_endpoint=supervisor.endpoint(f"{role}-control"),
+            telemetry_endpoint="",
+            parent_pid=0,
+            pdeathsig=False,
+            trust_remote_code=self.request.trust_remote_code if trust is None else trust,
+            config_path=self.config_path,
+            **extra,
+        )
+
+    def _start(self, supervisor: Supervisor, spec: DaemonSpec, devices: list) -> None:
+        from backends.visibility import visibility_env
+
+        backend = "cpu" if spec.simulated else spec.backend
+        daemon = supervisor.start(
+            spec, python=self.backend_python.get(backend), env=visibility_env(devices)
+        )
+        self.handle._pids[spec.role] = daemon.pid
+        supervisor.request(spec.role, "hello", {"client": "supervisor"})
+        self.emit(ev.DaemonEvent(spec.role, daemon.pid, spec.device_ids))
+        self.emit(ev.StatusEvent(spec.role, "starting", f"pid {daemon.pid}"))
+
+    # -- the run -------------------------------------------------------------------------
+
+    def _drive(self, supervisor: Supervisor) -> None:
+        launched = time.monotonic()
+        self._set_phase("load")
+        while self.result is None and self.failure is None:
+            for incoming in supervisor.poll(POLL_S):
+                self._handle(supervisor, incoming)
+            for daemon, status in supervisor.exited():
+                self._died(daemon, status)
+            if self.failure is not None or self.result is not None:
+                break
+            if self.handle._stop.is_set():
+                if not self.started:
+                    return
+                if not self.stop_sent:
+                    supervisor.request("target", "stop")
+                    self.stop_sent = True
+            for daemon in supervisor.silent(HEARTBEAT_TIMEOUT_S):
+                self.failure = ev.ErrorEvent(
+                    daemon.role,
+                    f"the {daemon.role} daemon (pid {daemon.pid}) stopped answering: "
+                    f"no heartbeat for {HEARTBEAT_TIMEOUT_S:g} s",
+                )
+            if not self.started and time.monotonic() - launched > READY_TIMEOUT_S:
+                self.failure = ev.ErrorEvent(
+                    "run", f"the daemons were not ready within {READY_TIMEOUT_S:g} s"
+                )
+
+    def _handle(self, supervisor: Supervisor, incoming: Incoming) -> None:
+        msg, role = incoming.message, incoming.role
+        if msg is None:
+            self.emit(ev.LogEvent("warning", f"unreadable message: {incoming.problem}", role))
+            return
+        kind = msg.type
+        if incoming.channel == "control":
+            if kind == "welcome":
+                supervisor.daemons[role].welcome = dict(msg.fields)
+                if all(d.welcome for d in supervisor.daemons.values()) and not self.started:
+                    self._begin(supervisor)
+            elif kind == "error":
+                self.failure = ev.ErrorEvent(role, f"{role} daemon: {msg['text']}")
+            return
+        if kind == "status":
+            self.emit(ev.StatusEvent(role, msg["state"], msg["text"]))
+            if role == "target" and msg["state"] in ("prefill", "decode"):
+                self._set_phase(msg["state"])
+        elif kind == "step":
+            self._step(msg)
+        elif kind == "token":
+            new, decode_s = msg["new_tokens"], msg["decode_s"]
+            self.emit(
+                ev.TokenEvent(
+                    msg["phase"],
+                    tuple(msg.arrays["token_ids"].tolist()),
+                    msg["text"],
+                    new,
+                    decode_tokens_per_s(new, decode_s),
+                )
+            )
+        elif kind == "log":
+            self.emit(ev.LogEvent(msg["level"], msg["text"], role))
+        elif kind == "error":
+            # a daemon that cannot start says why, then exits; its exit status comes next
+            daemon = supervisor.daemons.get(role)
+            starting = msg["code"] == "start" and daemon is not None
+            status = _wait_exit(daemon, 2.0) if starting else None
+            if daemon is not None and status is not None:
+                daemon.expected_exit = True
+            self.failure = ev.ErrorEvent(role, f"{role} daemon: {msg['text']}", status)
+        elif kind == "done":
+            self.result = self._document(msg["result"])
+
+    def _begin(self, supervisor: Supervisor) -> None:
+        req = self.request
+        self.started = True
+        supervisor.request(
+            "target",
+            "start",
+            {
+                "prompt": req.prompt,
+                "max_new_tokens": req.max_new_tokens,
+                "k": req.k,
+                "temperature": float(req.temperature),
+                "seed": req.seed,
+                "baseline": req.baseline,
+            },
+        )
+
+    def _step(self, msg: Any) -> None:
+        f = msg.fields
+        step = StepRecord(
+            index=f["index"],
+            drafted=f["drafted"],
+            accepted=f["accepted"],
+            committed=f["committed"],
+            draft_s=f["draft_s"],
+            verify_s=f["verify_s"],
+            transport_s=f["transport_s"],
+            k=f["k"],
+        )
+        self.stats.add(step)
+        self.recorder.step(step, self.stats.mean_acceptance_length)
+        self.emit(
+            ev.StepEvent(
+                step=step,
+                token_ids=tuple(msg.arrays["token_ids"].tolist()),
+                text=f["text"],
+                mean_acceptance_length=self.stats.mean_acceptance_length,
+                acceptance_rate=self.stats.acceptance_rate,
+                per_position_acceptance=tuple(self.stats.per_position_acceptance),
+                decode_tokens_per_s=decode_tokens_per_s(f["new_tokens"], f["decode_s"]),
+                new_tokens=f["new_tokens"],
+            )
+        )
+
+    def _died(self, daemon: Daemon, status: int) -> None:
+        said = daemon.error_text
+        if said:
+            text = f"{daemon.role} daemon: {said}"
+        else:
+            text = f"the {daemon.role} daemon (pid {daemon.pid}) died: {exit_text(status)}"
+            tail = daemon.log_tail()
+            if tail and status > 0:
+                text += f"; its last words: {tail}"
+        self.failure = self.failure or ev.ErrorEvent(daemon.role, text, status)
+
+    def _document(self, generation: dict) -> dict:
+        req = self.request
+        return {
+            "target_model": req.target_model,
+            "draft_model": req.draft_model,
+            "placement": {"target": list(req.placement.target), "draft": req.placement.draft},
+            "mode": req.mode,
+            **generation,
+            "run_id": self.handle.run_id,
+        }
+
+    # -- telemetry and the record --------------------------------------------------------
+
+    def _start_sampling(self) -> tuple[Any, Callable[[], None] | None]:
+        """Subscribe the record to device samples; start a sampler if none was given."""
+        own = None
+        sampler = self.sampler
+        if sampler is None:
+            try:
+                from backends.sampler import DeviceSampler
+
+                sampler = own = DeviceSampler(self.inventory, interval_s=0.5)
+                own.start()
+            except Exception:
+                return None, None  # telemetry is a nicety; the run goes on without it
+        self.sampler = sampler
+        wanted = {*self.request.placement.target, self.request.placement.draft, "cpu"}
+
+        def record(sample: Any) -> None:
+            if sample.device_id in wanted:
+                self.recorder.sample(sample)
+
+        unsubscribe = sampler.subscribe(record)
+        if not callable(unsubscribe):
+            unsubscribe = getattr(sampler, "unsubscribe", None)
+            unsubscribe = (lambda: sampler.unsubscribe(record)) if unsubscribe else None
+        return own, unsubscribe
+
+    def _set_phase(self, phase: str) -> None:
+        if self.sampler is not None:
+            with contextlib.suppress(Exception):
+                self.sampler.phase = phase
+
+    def _finish(self) -> None:
+        handle = self.handle
+        if self.failure is not None:
+            handle.error, handle.state = self.failure, "failed"
+            self.recorder.fail(self.failure.text, self.result)
+            self.emit(self.failure)
+            self.emit(ev.StatusEvent("run", "failed", self.failure.text))
+        elif self.result is not None and self.result.get("stop_reason") != "stopped":
+            handle.result, handle.state = self.result, "done"
+            self.recorder.finish(self.result)
+            self.emit(ev.DoneEvent(self.result))
+            self.emit(ev.StatusEvent("run", "done"))
+        else:
+            handle.result, handle.state = self.result, "stopped"
+            self.recorder.stopped(self.result)
+            if self.result is not None:
+                self.emit(ev.DoneEvent(self.result))
+            self.emit(ev.StatusEvent("run", "stopped"))
+        handle._done.set()
+
+
+def _absolute(model: str) -> str:
+    """A model folder as an absolute path (daemons run in the run dir); a name stays as is."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+def _wait_exit(daemon: Daemon, timeout_s: float) -> int | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = daemon.popen.poll()
+        if status is not None:
+            return status
+        time.sleep(0.02)
+    return None

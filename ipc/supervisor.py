@@ -1,0 +1,239 @@
+"""Starts daemons in a private run directory, watches them, and stops them (no torch here)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import zmq
+
+from ipc import codec
+from ipc.daemon_runtime import DaemonSpec
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MAX_IPC_PATH = 90  # unix socket paths stop at 107 bytes; leave room for the socket names
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One thing the supervisor heard: a control reply or a telemetry event."""
+
+    role: str  # the daemon it came from ("" when a telemetry frame could not be read)
+    channel: str  # "control" or "telemetry"
+    message: codec.Message | None
+    problem: str = ""  # set when the frames broke the protocol
+
+
+def exit_text(status: int) -> str:
+    """`exit status 1` or `killed by SIGKILL (exit status -9)`."""
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"killed by {name} (exit status {status})"
+    return f"exit status {status}"
+
+
+class Daemon:
+    """One started daemon: its process, its control socket and what it last said."""
+
+    def __init__(self, spec: DaemonSpec, popen: subprocess.Popen, control: zmq.Socket, log: Path):
+        self.spec = spec
+        self.role = spec.role
+        self.popen = popen
+        self.control = control
+        self.log_path = log
+        self.started = time.monotonic()
+        self.last_seen = self.started
+        self.welcome: dict | None = None
+        self.error_text: str | None = None  # the daemon's own last error event
+        self.expected_exit = False
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log_tail(self, lines: int = 1) -> str:
+        """The last non-empty lines of the daemon's output, for when it died without a word."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return " | ".join([ln for ln in text.splitlines() if ln.strip()][-lines:])
+
+
+class Supervisor:
+    """A private run directory of `ipc://` endpoints and the daemons listening there."""
+
+    def __init__(self, *, log_dir: Path | None = None, heartbeat_s: float = 0.5) -> None:
+        base = None if len(tempfile.gettempdir()) < MAX_IPC_PATH - 30 else "/tmp"
+        self.run_dir = Path(tempfile.mkdtemp(prefix="specdeck-", dir=base))  # mode 0700
+        self.log_dir = log_dir or self.run_dir
+        self.heartbeat_s = heartbeat_s
+        self.ctx = zmq.Context()
+        self.telemetry = self.ctx.socket(zmq.SUB)
+        self.telemetry.setsockopt(zmq.LINGER, 0)
+        self.telemetry.setsockopt(zmq.RCVHWM, 0)
+        self.telemetry.setsockopt(zmq.SUBSCRIBE, b"")
+        self.telemetry_endpoint = self.endpoint("telemetry")
+        self.telemetry.bind(self.telemetry_endpoint)
+        self.daemons: dict[str, Daemon] = {}
+        self._ids = 0
+        self._closed = False
+
+    def endpoint(self, name: str) -> str:
+        return f"ipc://{self.run_dir}/{name}"
+
+    def start(
+        self,
+        spec: DaemonSpec,
+        *,
+        python: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Daemon:
+        """Start one daemon (`python -m app.cli daemon --role R --spec FILE`) and connect to it."""
+        spec = replace(
+            spec,
+            control_endpoint=spec.control_endpoint or self.endpoint(f"{spec.role}-control"),
+            telemetry_endpoint=self.telemetry_endpoint,
+            parent_pid=os.getpid(),
+            pdeathsig=threading.current_thread() is threading.main_thread(),
+            heartbeat_s=self.heartbeat_s,
+        )
+        spec_path = self.run_dir / f"{spec.role}.json"
+        spec.save(spec_path)
+        child_env = dict(os.environ)
+        child_env.update(env or {})
+        paths = [str(PROJECT_ROOT), child_env.get("PYTHONPATH", "")]
+        child_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        child_env["PYTHONUNBUFFERED"] = "1"
+        log_path = Path(self.log_dir) / f"{spec.role}.log"
+        argv = [
+            python or sys.executable,
+            "-m",
+            "app.cli",
+            "daemon",
+            "--role",
+            spec.role,
+            "--spec",
+            str(spec_path),
+        ]
+        with open(log_path, "ab") as log:
+            # a session of its own: Ctrl-C in the terminal reaches specdeck, which stops it
+            popen = subprocess.Popen(
+                argv,
+                env=child_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=str(self.run_dir),
+                start_new_session=True,
+            )
+        control = self.ctx.socket(zmq.DEALER)
+        control.setsockopt(zmq.LINGER, 0)
+        control.connect(spec.control_endpoint)
+        daemon = Daemon(spec, popen, control, log_path)
+        self.daemons[spec.role] = daemon
+        return daemon
+
+    def request(self, role: str, type_: str, fields: dict | None = None) -> int:
+        """Send one control request to a daemon; the reply comes back through `poll`."""
+        self._ids += 1
+        self.daemons[role].control.send_multipart(codec.encode(type_, fields, id=self._ids))
+        return self._ids
+
+    def poll(self, timeout_s: float) -> list[Incoming]:
+        """Wait up to `timeout_s` for replies and events; return all that arrived."""
+        poller = zmq.Poller()
+        poller.register(self.telemetry, zmq.POLLIN)
+        by_socket = {}
+        for daemon in self.daemons.values():
+            poller.register(daemon.control, zmq.POLLIN)
+            by_socket[daemon.control] = daemon
+        got: list[Incoming] = []
+        ready = dict(poller.poll(int(timeout_s * 1000)))
+        while ready:
+            for sock in ready:
+                daemon = by_socket.get(sock)
+                channel = "telemetry" if daemon is None else "control"
+                got.append(self._read(sock, channel, daemon))
+            ready = dict(poller.poll(0))
+            if len(got) > 1000:
+                break  # let the caller handle a burst before reading on
+        return got
+
+    def _read(self, sock: zmq.Socket, channel: str, daemon: Daemon | None) -> Incoming:
+        frames = sock.recv_multipart()
+        try:
+            msg = codec.decode(frames)
+        except codec.ProtocolError as exc:
+            return Incoming(daemon.role if daemon else "", channel, None, str(exc))
+        role = daemon.role if daemon else str(msg.fields.get("role", ""))
+        found = self.daemons.get(role)
+        if found is not None:
+            found.last_seen = time.monotonic()
+            if msg.type == "error" and channel == "telemetry":
+                found.error_text = msg["text"]
+        return Incoming(role, channel, msg)
+
+    def exited(self) -> list[tuple[Daemon, int]]:
+        """Daemons that exited without being asked to, with their exit status."""
+        gone = []
+        for daemon in self.daemons.values():
+            status = daemon.popen.poll()
+            if status is not None and not daemon.expected_exit:
+                daemon.expected_exit = True  # report each death once
+                gone.append((daemon, status))
+        return gone
+
+    def silent(self, timeout_s: float) -> list[Daemon]:
+        """Running daemons with no heartbeat or reply for `timeout_s`."""
+        now = time.monotonic()
+        return [
+            d
+            for d in self.daemons.values()
+            if d.popen.poll() is None and now - d.last_seen > timeout_s
+        ]
+
+    def stop(self, grace_s: float = 3.0) -> None:
+        """Ask every daemon to shut down, terminate those that do not, kill the rest."""
+        if self._closed:
+            return
+        self._closed = True
+        alive = [d for d in self.daemons.values() if d.popen.poll() is None]
+        for daemon in alive:
+            daemon.expected_exit = True
+            with contextlib.suppress(zmq.ZMQError):
+                daemon.control.send_multipart(codec.encode("shutdown", id=0), zmq.NOBLOCK)
+        _wait_all(alive, grace_s)
+        for daemon in alive:
+            if daemon.popen.poll() is None:
+                daemon.popen.terminate()
+        _wait_all(alive, 1.0)
+        for daemon in alive:
+            if daemon.popen.poll() is None:
+                daemon.popen.kill()
+            daemon.popen.wait()
+        for daemon in self.daemons.values():
+            daemon.control.close()
+        self.telemetry.close()
+        self.ctx.term()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _wait_all(daemons: list[Daemon], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    for daemon in daemons:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            daemon.popen.wait(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,285 @@
+"""The target daemon: runs the speculative loop and publishes what happens
+(`specdeck daemon --role target`)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import zmq
+
+from engine.drafter import Drafter
+from engine.metrics import StepRecord, speedup
+from ipc import codec
+from ipc.daemon_runtime import DaemonSpec, Telemetry, torch_problem, watch_parent
+from ipc.draft_daemon import load_drafter, model_facts
+from ipc.remote_drafter import DraftLinkError, RemoteDrafter
+
+
+def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+    """Prompt text -> token ids, as every mode does it."""
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def generation_document(
+    result: Any,
+    *,
+    prompt_ids: list[int],
+    k: int | str,
+    temperature: float,
+    seed: int,
+    text: str,
+    baseline: Any | None,
+    transport_s: float,
+) -> dict[str, Any]:
+    """The generation figures of the `specdeck run --json` document (models and placement
+    are added by whoever launched the run)."""
+    stats = result.stats
+    base_tps = baseline.decode_tokens_per_s if baseline is not None else None
+    return {
+        "k": k,
+        "temperature": temperature,
+        "seed": seed,
+        "prompt_tokens": len(prompt_ids),
+        "new_tokens": result.new_tokens,
+        "steps": stats.steps,
+        "mean_acceptance_length": stats.mean_acceptance_length,
+        "acceptance_rate": stats.acceptance_rate,
+        "per_position_acceptance": stats.per_position_acceptance,
+        "decode_tokens_per_s": result.decode_tokens_per_s,
+        "prefill_s": result.prefill_s,
+        "wall_s": result.wall_s,
+        "output_token_ids": list(result.output_ids),
+        "output_text": text,
+        "baseline": None
+        if baseline is None
+        else {
+            "decode_tokens_per_s": base_tps,
+            "output_token_ids": list(baseline.output_ids),
+        },
+        "speedup": speedup(result.decode_tokens_per_s, base_tps),
+        "k_history": list(result.k_history),
+        "stop_reason": result.stop_reason,
+        "transport_s": transport_s,
+    }
+
+
+class TargetDaemon:
+    """Serves `start`, `stop` and `shutdown` on a ROUTER and runs one generation at a time."""
+
+    def __init__(
+        self,
+        target: Any,
+        drafter: Drafter,
+        telemetry: Telemetry,
+        sock: zmq.Socket,
+        welcome: dict[str, Any],
+    ) -> None:
+        self.target = target
+        self.drafter = drafter
+        self.telemetry = telemetry
+        self.sock = sock
+        self.welcome = welcome
+        self.shutting_down = False
+        self._stop = False
+        self._running = False
+
+    def serve(self, poll_ms: int = 200) -> None:
+        """Answer requests until `shutdown`."""
+        while not self.shutting_down:
+            if self.sock.poll(poll_ms, zmq.POLLIN):
+                self._answer_one()
+
+    def _answer_one(self) -> None:
+        frames = self.sock.recv_multipart()
+        ident, body = frames[0], frames[1:]
+        try:
+            msg = codec.decode(body)
+        except codec.ProtocolError as exc:
+            self._reply(ident, codec.error_frames(exc.code, str(exc), exc.msg_id, "target"))
+            return
+        if msg.type == "hello":
+            self._reply(ident, codec.encode("welcome", self.welcome, id=msg.id))
+        elif msg.type == "stop":
+            self._stop = True
+            self._reply(ident, codec.encode("ok", id=msg.id))
+        elif msg.type == "shutdown":
+            self._stop = self.shutting_down = True
+            self._reply(ident, codec.encode("ok", id=msg.id))
+        elif msg.type == "start" and not self._running:
+            self._reply(ident, codec.encode("ok", id=msg.id))
+            self._run(msg.fields)
+        else:
+            text = "a run is going on" if msg.type == "start" else f"cannot serve {msg.type!r}"
+            self._reply(ident, codec.error_frames("state", text, msg.id, "target"))
+
+    def _reply(self, ident: bytes, frames: list[bytes]) -> None:
+        self.sock.send_multipart([ident, *frames])
+
+    def _should_stop(self) -> bool:
+        while self.sock.poll(0, zmq.POLLIN):
+            self._answer_one()
+        return self._stop
+
+    def _run(self, options: dict[str, Any]) -> None:
+        from engine.speculative import SpeculativeDecoder, target_only
+
+        self._running, self._stop = True, False
+        tokenizer = self.target.tokenizer
+        tel = self.telemetry
+        try:
+            prompt_ids = encode_prompt(tokenizer, options["prompt"])
+            k, temperature, seed = options["k"], options["temperature"], options["seed"]
+            decoder = SpeculativeDecoder(self.target, self.drafter, k, temperature, seed)
+            take_transport = getattr(self.drafter, "take_transport_s", None)
+            clock = {"decode_start": 0.0, "new": 0, "transport": 0.0}
+
+            def on_first(token: int) -> None:
+                clock["decode_start"], clock["new"] = time.perf_counter(), 1
+                tel.status("decode", "decoding")
+                if take_transport:
+                    take_transport()  # the prefill's round trips are not a step's
+
+            def on_step(step: StepRecord, new_ids: list[int]) -> None:
+                if take_transport:
+                    step = replace(step, transport_s=take_transport())
+                    clock["transport"] += step.transport_s
+                clock["new"] += len(new_ids)
+                fields = {
+                    "index": step.index,
+                    "drafted": step.drafted,
+                    "accepted": step.accepted,
+                    "committed": step.committed,
+                    "draft_s": step.draft_s,
+                    "verify_s": step.verify_s,
+                    "transport_s": step.transport_s,
+                    "k": step.k,
+                    "new_tokens": clock["new"],
+                    "decode_s": time.perf_counter() - clock["decode_start"],
+                    "text": tokenizer.decode(new_ids),
+                }
+                tel.emit("step", fields, {"token_ids": np.asarray(new_ids, dtype=np.int64)})
+
+            tel.status("prefill", f"prefill of {len(prompt_ids)} prompt tokens")
+            result = decoder.generate(
+                prompt_ids,
+                options["max_new_tokens"],
+                on_step=on_step,
+                should_stop=self._should_stop,
+                on_first_token=on_first,
+            )
+            baseline = None
+            if options["baseline"] and not self._stop:
+                baseline = self._baseline(prompt_ids, options, target_only)
+            text = tokenizer.decode(result.output_ids, skip_special_tokens=True)
+            doc = generation_document(
+                result,
+                prompt_ids=prompt_ids,
+                k=k,
+                temperature=temperature,
+                seed=seed,
+                text=text,
+                baseline=baseline,
+                transport_s=clock["transport"],
+            )
+            tel.emit("done", {"result": doc})
+            tel.status("stopped" if result.stop_reason == "stopped" else "done")
+        except Exception as exc:  # the run failed; say why and wait to be stopped
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            text = (
+                message
+                if isinstance(exc, DraftLinkError)
+                else (f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
+            )
+            print(f"specdeck target daemon: {text}", file=sys.stderr)
+            tel.error("run", text)
+        finally:
+            self._running = False
+
+    def _baseline(self, prompt_ids: list[int], options: dict[str, Any], target_only: Any):
+        """Target-only decoding of the same prompt, for the speedup."""
+        tel = self.telemetry
+        tel.status("decode", "baseline: target-only decoding")
+        tokenizer = self.target.tokenizer
+        clock = {"start": time.perf_counter(), "new": 0}
+
+        def on_token(token: int) -> None:
+            clock["new"] += 1
+            if clock["new"] == 1:
+                clock["start"] = time.perf_counter()
+            decode_s = time.perf_counter() - clock["start"]
+            fields = {
+                "phase": "baseline",
+                "text": tokenizer.decode([token]),
+                "new_tokens": clock["new"],
+                "decode_s": decode_s,
+            }
+            tel.emit("token", fields, {"token_ids": np.asarray([token], dtype=np.int64)})
+
+        return target_only(
+            self.target,
+            prompt_ids,
+            options["max_new_tokens"],
+            options["temperature"],
+            options["seed"],
+            on_token=on_token,
+        )
+
+
+def _connect_draft(spec: DaemonSpec, target_fingerprint: str | None) -> RemoteDrafter:
+    """Reach the draft daemon and check that it speaks our protocol and tokenizer."""
+    drafter = RemoteDrafter(spec.draft_endpoint, timeout_s=60.0)
+    welcome = drafter.hello(timeout_s=spec.draft_timeout_s)
+    theirs = welcome.get("tokenizer_fingerprint")
+    if target_fingerprint and theirs and theirs != target_fingerprint:
+        raise RuntimeError(
+            f"the draft daemon's tokenizer ({theirs}) differs from the target's "
+            f"({target_fingerprint})"
+        )
+    return drafter
+
+
+def main(spec: DaemonSpec) -> int:
+    """Run the target daemon until shutdown; 1 with a one-line error when it cannot start."""
+    watch_parent(spec.parent_pid, spec.pdeathsig)
+    ctx = zmq.Context()
+    telemetry = Telemetry(ctx, spec.telemetry_endpoint, spec.role, spec.heartbeat_s)
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.bind(spec.control_endpoint)
+    telemetry.status("loading", f"loading {spec.model} on {', '.join(spec.device_ids)}")
+    try:
+        problem = torch_problem(spec)
+        if problem:
+            raise RuntimeError(problem)
+        from engine.catalog import resolve_model
+        from engine.loading import load_model
+
+        info = resolve_model(spec.model, ())
+        target = load_model(
+            info, list(spec.torch_devices), trust_remote_code=spec.trust_remote_code
+        )
+        if spec.draft_endpoint:
+            telemetry.status("loading", "waiting for the draft daemon")
+            drafter: Drafter = _connect_draft(spec, info.tokenizer_fingerprint)
+        else:
+            drafter, _ = load_drafter(
+                spec.draft_model, spec.draft_torch_devices, spec.draft_trust_remote_code
+            )
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"specdeck target daemon: {text}", file=sys.stderr)
+        telemetry.error("start", text)
+        telemetry.close()
+        return 1
+    daemon = TargetDaemon(target, drafter, telemetry, sock, model_facts(target, spec))
+    telemetry.status("ready", f"{daemon.welcome['model']} on {', '.join(spec.device_ids)}")
+    daemon.serve()
+    drafter.close()
+    telemetry.status("stopped")
+    telemetry.close()
+    sock.close()
+    return 0
