@@ -1,0 +1,61 @@
+"""On NVIDIA GPUs: the same tokens on one card, on a two-card layer split, and the same
+device by NVML index and by torch index (skipped without a GPU)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from engine.catalog import describe_model
+from engine.loading import cuda_torch_index, load_model
+from engine.local_drafter import LocalDrafter
+from engine.speculative import SpeculativeDecoder, target_only
+
+pytestmark = pytest.mark.gpu
+
+
+def generate(target, draft, ids, k=4):
+    return SpeculativeDecoder(target, LocalDrafter(draft), k, 0.0, 0).generate(ids, 32)
+
+
+def test_greedy_on_one_gpu_equals_target_only(tiny_pair):
+    target = load_model(describe_model(tiny_pair[0]), ["cuda:0"])
+    draft = load_model(describe_model(tiny_pair[1]), ["cuda:0"])
+    ids = list(target.tokenizer("def parse(text):")["input_ids"])
+    spec = generate(target, draft, ids)
+    base = target_only(target, ids, 32, 0.0, 0)
+    assert spec.output_ids == base.output_ids
+    assert spec.decode_tokens_per_s and base.decode_tokens_per_s
+    assert {p.device.type for p in target.model.parameters()} == {"cuda"}
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_layer_split_over_two_gpus_gives_the_same_tokens(tiny_pair):
+    info = describe_model(tiny_pair[0])
+    whole = load_model(info, ["cuda:0"])
+    split = load_model(info, ["cuda:0", "cuda:1"])
+    draft = load_model(describe_model(tiny_pair[1]), ["cuda:1"])
+    assert {p.device.index for p in split.model.parameters()} == {0, 1}
+    ids = list(whole.tokenizer("class Path:")["input_ids"])
+    assert generate(split, draft, ids).output_ids == generate(whole, draft, ids).output_ids
+
+
+@pytest.mark.skipif(
+    os.environ.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID",
+    reason="set CUDA_DEVICE_ORDER=PCI_BUS_ID (as specdeck run does) before torch starts",
+)
+def test_nvml_index_maps_to_the_same_torch_device():
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(index))
+            uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+            torch_index = cuda_torch_index(index, uuid)
+            props = torch.cuda.get_device_properties(torch_index)
+            assert str(props.uuid) == uuid.removeprefix("GPU-").lower()
+    finally:
+        pynvml.nvmlShutdown()
