@@ -1,0 +1,47 @@
+"""`specdeck` with no subcommand: the terminal dashboard (never imports torch)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def build_app(args: argparse.Namespace, app_class: Any = None) -> Any:
+    """The dashboard over the discovered devices; bad options raise one-line user errors."""
+    from textual.theme import BUILTIN_THEMES
+
+    from app.config import ConfigError, load_config
+    from backends.discovery import discover
+    from backends.sampler import DeviceSampler
+    from themes.specdeck import THEMES
+
+    config = load_config(args.config)
+    names = [t.name for t in THEMES] + list(BUILTIN_THEMES)
+    if args.theme and args.theme not in names:
+        known = ", ".join(t.name for t in THEMES)
+        raise ConfigError(f"unknown theme {args.theme!r} (known: {known}, and Textual's own)")
+    theme = args.theme or config.theme
+    if theme not in names:
+        theme = None  # a stale name in the config falls back to the default
+    inventory = discover(args.simulate)
+    sampler = DeviceSampler(inventory, interval_s=1.0, history=120)
+    if app_class is None:
+        from app.dashboard import DashboardApp as app_class
+    return app_class(
+        config,
+        inventory,
+        sampler,
+        model_dirs=[str(d) for d in getattr(args, "models_dir", None) or []],
+        theme=theme,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the dashboard until the user quits."""
+    app = build_app(args)
+    try:
+        app.run()
+    finally:
+        app.sampler.stop()
+        app.inventory.close()
+    return app.return_code or 0

@@ -1,0 +1,96 @@
+"""The dashboard App: themes, the main screen and the runs view; the rest lives in screens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from app.config import save_theme
+from app.screens.main import MainScreen
+from themes.specdeck import DEFAULT_THEME, THEMES, VARIABLE_DEFAULTS
+
+if TYPE_CHECKING:
+    from app.config import Config
+    from backends.discovery import Inventory
+    from backends.sampler import DeviceSampler
+    from engine.catalog import ModelInfo
+
+
+class DashboardApp(App):
+    """specdeck's terminal dashboard."""
+
+    TITLE = "specdeck"
+    SUB_TITLE = "speculative decoding across devices"
+    CSS_PATH = Path(__file__).with_name("dashboard.tcss")
+    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+
+    def __init__(
+        self,
+        config: Config,
+        inventory: Inventory,
+        sampler: DeviceSampler,
+        *,
+        models: Sequence[ModelInfo] | None = None,
+        model_dirs: Sequence[str] = (),
+        theme: str | None = None,
+        refresh_s: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.inventory = inventory
+        self.sampler = sampler
+        self._main = MainScreen(config, inventory, sampler, models, model_dirs, refresh_s)
+        for t in THEMES:
+            self.register_theme(t)
+        self._saved_theme = config.theme
+        self.theme = theme or DEFAULT_THEME
+
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        """specdeck's colour variables, for themes (Textual's own) that do not set them."""
+        return dict(VARIABLE_DEFAULTS)
+
+    def get_default_screen(self) -> Screen:
+        return self._main
+
+    def on_mount(self) -> None:
+        self.sampler.start()
+        self.theme_changed_signal.subscribe(self, self._remember_theme)
+
+    def on_unmount(self) -> None:
+        self._main.stop_everything()
+        self.sampler.stop()
+
+    def _remember_theme(self, theme) -> None:
+        """Write the theme the user picked into the config file."""
+        if theme.name == self._saved_theme:
+            return
+        try:
+            save_theme(self.config, theme.name)
+            self._saved_theme = theme.name
+        except OSError as exc:
+            self.notify(f"could not save the theme: {exc}", severity="warning")
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Runs", "List and compare past runs", self._main.action_runs)
+        for t in THEMES:
+            yield SystemCommand(
+                f"Theme: {t.name}", f"Switch to the {t.name} theme", lambda n=t.name: self._set(n)
+            )
+
+    def _set(self, name: str) -> None:
+        self.theme = name
+
+    async def action_quit(self) -> None:
+        """Stop every daemon, then leave."""
+        if self._main.handle is not None:
+            self.notify("stopping the daemons…")
+            import asyncio
+
+            await asyncio.to_thread(self._main.stop_everything)
+        self.exit()

@@ -1,0 +1,1 @@
+"""The dashboard's screens: the main board and the runs view."""

@@ -1,0 +1,86 @@
+"""The acceptance pane: AL of the last step, mean AL, acceptance rate, per-position
+acceptance bars and the AL history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.reactive import reactive
+from textual.widgets import Static
+
+from app.widgets.figures import NA, bar, number, percent
+from app.widgets.spark import Spark
+
+HISTORY = 240  # steps of AL history kept for the sparkline
+POSITION_ROWS = 5  # per-position bars that fit the pane in one column
+
+
+@dataclass(frozen=True)
+class AcceptanceFigures:
+    """What the acceptance pane shows; None = nothing reported yet."""
+
+    last_al: int | None = None
+    mean_al: float | None = None
+    rate: float | None = None
+    per_position: tuple[float, ...] = ()
+    history: tuple[int, ...] = ()
+    k: int | None = None
+
+    def after_step(
+        self,
+        committed: int,
+        k: int,
+        mean_al: float | None,
+        rate: float | None,
+        per_position: tuple[float, ...],
+    ) -> AcceptanceFigures:
+        """The figures once one more step has been reported."""
+        return replace(
+            self,
+            last_al=committed,
+            mean_al=mean_al,
+            rate=rate,
+            per_position=tuple(per_position),
+            history=(*self.history, committed)[-HISTORY:],
+            k=k or self.k,
+        )
+
+
+class AcceptancePane(Vertical):
+    """Acceptance length and rate as the run goes on."""
+
+    figures: reactive[AcceptanceFigures] = reactive(AcceptanceFigures, init=False)
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._headline(), classes="acceptance-figures")
+        yield Static("AL history", classes="pane-label")
+        yield Spark(ceiling=None, classes="acceptance-history")
+        yield Static("per-position acceptance", classes="pane-label")
+        yield Static(self._positions(), classes="acceptance-positions")
+
+    def watch_figures(self, figures: AcceptanceFigures) -> None:
+        self.query_one(".acceptance-figures", Static).update(self._headline())
+        spark = self.query_one(".acceptance-history", Spark)
+        spark.ceiling = float((figures.k or max(figures.history, default=1)) + 1)
+        spark.data = tuple(float(v) for v in figures.history)
+        self.query_one(".acceptance-positions", Static).update(self._positions())
+
+    def _headline(self) -> str:
+        f = self.figures
+        last = NA if f.last_al is None else str(f.last_al)
+        return (
+            f"AL last [b]{last}[/b]   mean AL [b]{number(f.mean_al)}[/b]\n"
+            f"acceptance rate [b]{percent(f.rate)}[/b]"
+        )
+
+    def _positions(self) -> str:
+        f = self.figures
+        if not f.per_position:
+            return NA
+        columns = 1 if len(f.per_position) <= POSITION_ROWS else 2  # two once k outgrows the pane
+        width = 12 if columns == 1 else 8
+        cells = [f"{i:>2} {bar(p, width)} {percent(p):>4}" for i, p in enumerate(f.per_position, 1)]
+        rows = -(-len(cells) // columns)
+        return "\n".join("  ".join(cells[r::rows]) for r in range(rows))

@@ -1,0 +1,87 @@
+"""Run controls: prompt, k (or auto), temperature, token budget, baseline, launch and stop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, Checkbox, Input, Static
+
+DEFAULT_PROMPT = "def fibonacci(n):"
+
+
+class BadOption(ValueError):
+    """A run option the user typed that cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the run controls say."""
+
+    prompt: str
+    k: int | str  # N, or "auto"
+    temperature: float
+    max_new_tokens: int
+    baseline: bool
+
+
+def parse_options(
+    prompt: str, k: str, temperature: str, max_new_tokens: str, baseline: bool
+) -> RunOptions:
+    """Check the typed options; BadOption says what is wrong."""
+    if not prompt.strip():
+        raise BadOption("the prompt is empty")
+    k = k.strip().lower()
+    if k != "auto" and (not k.isdigit() or not 1 <= int(k) <= 32):
+        raise BadOption(f"k must be a whole number from 1 to 32, or auto (not {k!r})")
+    try:
+        temp = float(temperature)
+    except ValueError:
+        raise BadOption(f"temperature must be a number (not {temperature!r})") from None
+    if not 0.0 <= temp <= 5.0:
+        raise BadOption("temperature must be between 0 and 5")
+    if not max_new_tokens.strip().isdigit() or int(max_new_tokens) < 1:
+        raise BadOption(f"max new tokens must be a positive number (not {max_new_tokens!r})")
+    return RunOptions(
+        prompt=prompt,
+        k="auto" if k == "auto" else int(k),
+        temperature=temp,
+        max_new_tokens=int(max_new_tokens),
+        baseline=baseline,
+    )
+
+
+class RunControls(Vertical):
+    """The options of the next run and the launch and stop buttons."""
+
+    def compose(self) -> ComposeResult:
+        yield Static("prompt", classes="pane-label")
+        yield Input(DEFAULT_PROMPT, id="prompt", placeholder="prompt text", compact=True)
+        with Horizontal(classes="option-row"):
+            yield Static("k", classes="option-label")
+            yield Input("6", id="k", placeholder="N or auto", classes="option", compact=True)
+            yield Static("temp", classes="option-label")
+            yield Input("0.0", id="temperature", classes="option", compact=True)
+            yield Static("max", classes="option-label")
+            yield Input("64", id="max-new-tokens", classes="option", compact=True)
+        yield Checkbox("baseline (target-only, for speedup)", id="baseline", compact=True)
+        with Horizontal(classes="button-row"):
+            yield Button("Launch", id="launch", variant="success", compact=True)
+            yield Button("Stop", id="stop", variant="error", disabled=True, compact=True)
+
+    def options(self) -> RunOptions:
+        """The typed options; BadOption says what is wrong."""
+        value = lambda wid: self.query_one(f"#{wid}", Input).value  # noqa: E731
+        return parse_options(
+            value("prompt"),
+            value("k"),
+            value("temperature"),
+            value("max-new-tokens"),
+            self.query_one("#baseline", Checkbox).value,
+        )
+
+    def set_running(self, running: bool) -> None:
+        """Enable Stop while a run goes on, Launch otherwise."""
+        self.query_one("#launch", Button).disabled = running
+        self.query_one("#stop", Button).disabled = not running

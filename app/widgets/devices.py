@@ -1,0 +1,205 @@
+"""Device cards: vendor badge, name, memory bar, utilization sparkline, power, temperature
+and the roles placed on the device (with the daemon's pid and memory once it runs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, VerticalScroll
+from textual.markup import escape
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widget import Widget
+from textual.widgets import Static
+
+from app.widgets.drag import Draggable, DropTarget
+from app.widgets.figures import NA, bar, gib, number
+from app.widgets.palette import CHIP_LABELS
+from app.widgets.spark import spark_text
+from backends.base import Device, Sample
+
+BADGES = {"cuda": "CUDA", "hip": "HIP", "cpu": "CPU"}
+CARD_WIDTH = 34  # cells a card needs to show its memory bar and power without cutting
+
+
+@dataclass(frozen=True)
+class RoleOnCard:
+    """A role placed on a card; pid and memory once its daemon runs."""
+
+    role: str
+    pid: int | None = None
+    memory_bytes: int | None = None
+
+    @property
+    def label(self) -> str:
+        """What the card shows for this role."""
+        text = CHIP_LABELS[self.role]
+        if self.pid is not None:
+            text += f" pid {self.pid} {gib(self.memory_bytes)} GiB"
+        return f" {text} "
+
+
+class PlacedRole(Draggable):
+    """A role sitting on a card; drag it to another card, or off every card to remove it."""
+
+
+class PlaceRequested(Message):
+    """The keyboard asked to place the chosen chip on a card."""
+
+    def __init__(self, device_id: str) -> None:
+        super().__init__()
+        self.device_id = device_id
+
+
+class RemoveRequested(Message):
+    """The keyboard asked to remove a role from a card."""
+
+    def __init__(self, device_id: str) -> None:
+        super().__init__()
+        self.device_id = device_id
+
+
+class CardTelemetry(Widget):
+    """Memory bar, utilization sparkline, power and temperature: one widget, three lines."""
+
+    DEFAULT_CSS = "CardTelemetry { height: 3; }"
+
+    sample: reactive[Sample | None] = reactive(None)
+    utilization: reactive[tuple[float, ...]] = reactive(())
+
+    def __init__(self, device: Device, **kw) -> None:
+        super().__init__(**kw)
+        self.device = device
+
+    def render(self) -> str:
+        return "\n".join((self.memory_text(), self.utilization_text(), self.power_text()))
+
+    def memory_text(self) -> str:
+        """mem ████░░ used/total GiB."""
+        s = self.sample
+        used = None if s is None else s.memory_used_bytes
+        total = (s.memory_total_bytes if s else None) or self.device.memory_total_bytes
+        fraction = None if used is None or not total else used / total
+        return f"mem  [$chart-memory]{bar(fraction, 10)}[/] {gib(used)}/{gib(total)} GiB"
+
+    def utilization_text(self) -> str:
+        """util ▁▂▅ 45%."""
+        util = None if self.sample is None else self.sample.utilization_percent
+        width = max(0, self.size.width - 11)
+        spark = spark_text(list(self.utilization), width, 100.0)
+        return f"util [$chart-utilization]{spark}[/] {number(util, '.0f', '%'):>5}"
+
+    def power_text(self) -> str:
+        """power used/limit W, temperature."""
+        s = self.sample
+        if s is None:
+            return f"power {NA}  temp {NA}"
+        power = number(s.power_watts, ".0f")
+        if s.power_limit_watts is not None and s.power_watts is not None:
+            power += f"/{s.power_limit_watts:.0f}"
+        unit = " W" if s.power_watts is not None else ""
+        return f"power {power}{unit}  temp {number(s.temperature_c, '.0f', ' °C')}"
+
+
+class DeviceCard(DropTarget, can_focus=True):
+    """One discovered device and what is placed on it."""
+
+    BINDINGS = [
+        Binding("enter,space", "place", "Place chip"),
+        Binding("delete,backspace,x", "remove", "Remove role"),
+        Binding("left", "move(-1)", "Prev card", key_display="←"),
+        Binding("right", "move(1)", "Next card", key_display="→"),
+        Binding("up", "move_row(-1)", "Card above", show=False),
+        Binding("down", "move_row(1)", "Card below", show=False),
+    ]
+
+    roles: reactive[tuple[RoleOnCard, ...]] = reactive((), init=False)
+
+    def __init__(self, device: Device) -> None:
+        super().__init__(id=card_dom_id(device.id), classes=f"-{device.backend}")
+        self.device = device
+        self.drop_id = device.id
+        self.border_title = device.id
+
+    def compose(self) -> ComposeResult:
+        d = self.device
+        badge = BADGES.get(d.backend, d.backend.upper())
+        head = f"[on $badge-{d.backend} $badge-text b] {badge} [/] "
+        if d.simulated:
+            head += "[on $badge-sim $badge-text b] SIM [/] "
+        yield Static(head + escape(d.name), classes="card-head")
+        yield CardTelemetry(d, classes="card-telemetry")
+        yield Horizontal(classes="card-roles")
+
+    def show(self, sample: Sample | None, utilization: tuple[float, ...]) -> None:
+        """Draw the latest reading and the utilization history."""
+        telemetry = self.query_one(CardTelemetry)
+        telemetry.sample = sample
+        telemetry.utilization = utilization
+
+    async def watch_roles(self, roles: tuple[RoleOnCard, ...]) -> None:
+        holder = self.query_one(".card-roles", Horizontal)
+        await holder.remove_children()
+        await holder.mount_all(
+            PlacedRole(r.label, r.role, source=self.device.id, classes=f"placed -{r.role}")
+            for r in roles
+        )
+        self.set_class(bool(roles), "-occupied")
+
+    def action_place(self) -> None:
+        self.post_message(PlaceRequested(self.device.id))
+
+    def action_remove(self) -> None:
+        self.post_message(RemoveRequested(self.device.id))
+
+    def action_move(self, step: int) -> None:
+        """Focus the card `step` places away, wrapping around."""
+        cards = list(self.screen.query(DeviceCard))
+        cards[(cards.index(self) + step) % len(cards)].focus()
+
+    def action_move_row(self, rows: int) -> None:
+        """Focus the card in the row above or below, if there is one."""
+        cards = list(self.screen.query(DeviceCard))
+        columns = self.parent.styles.grid_size_columns if self.parent else 1
+        there = cards.index(self) + rows * (columns or 1)
+        if 0 <= there < len(cards):
+            cards[there].focus()
+
+
+class DeviceGrid(VerticalScroll):
+    """The cards of every discovered device, in discovery order."""
+
+    def __init__(self, devices: Sequence[Device], unavailable: Sequence[str] = (), **kw) -> None:
+        super().__init__(**kw)
+        self.devices = tuple(devices)
+        self.unavailable = tuple(unavailable)
+
+    def compose(self) -> ComposeResult:
+        with Grid(classes="device-cards"):
+            for device in self.devices:
+                yield DeviceCard(device)
+        if not self.devices:
+            yield Static("no devices found", classes="empty")
+
+    def on_mount(self) -> None:
+        if self.unavailable:
+            names = ", ".join(line.split(":")[0] for line in self.unavailable)
+            self.border_subtitle = f"{names} unavailable (see the log)"
+
+    def on_resize(self) -> None:
+        # as many card columns as fit, so a wide terminal shows every card at once
+        columns = max(1, min(len(self.devices), self.scrollable_content_region.width // CARD_WIDTH))
+        self.query_one(".device-cards", Grid).styles.grid_size_columns = columns
+
+    def card(self, device_id: str) -> DeviceCard | None:
+        """The card of a device, if it has one."""
+        found = self.query(f"#{card_dom_id(device_id)}")
+        return found.first(DeviceCard) if found else None
+
+
+def card_dom_id(device_id: str) -> str:
+    """A DOM id for a device id (`sim-cuda:0` -> `card-sim-cuda-0`)."""
+    return "card-" + device_id.replace(":", "-").replace(".", "-")

@@ -1,0 +1,38 @@
+"""How the dashboard writes numbers: units, and `n/a` for a metric not reported."""
+
+from __future__ import annotations
+
+NA = "n/a"
+
+
+def gib(value: int | None) -> str:
+    """Bytes as GiB with one decimal, or n/a."""
+    return NA if value is None else f"{value / 2**30:.1f}"
+
+
+def size(value: int | None) -> str:
+    """Bytes on disk as MiB below a GiB and GiB above, or n/a."""
+    if value is None:
+        return NA
+    return f"{value / 2**30:.1f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
+
+
+def number(value: float | None, spec: str = ".2f", unit: str = "") -> str:
+    """A float with a format and unit, or n/a."""
+    return NA if value is None else f"{value:{spec}}{unit}"
+
+
+def percent(value: float | None) -> str:
+    """A 0–1 fraction as a whole percentage, or n/a."""
+    return NA if value is None else f"{value * 100:.0f}%"
+
+
+def bar(fraction: float | None, width: int) -> str:
+    """A horizontal bar of `width` cells filled to `fraction` (eighths for the last cell)."""
+    if fraction is None:
+        return "·" * width
+    fraction = min(max(fraction, 0.0), 1.0)
+    eighths = round(fraction * width * 8)
+    full, part = divmod(eighths, 8)
+    partial = " ▏▎▍▌▋▊▉"[part] if part and full < width else ""
+    return ("█" * full + partial).ljust(width, "░")

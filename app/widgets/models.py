@@ -1,0 +1,133 @@
+"""The models panel: target and draft pickers over the catalog, with each model's facts and
+a badge saying whether the draft's tokenizer matches the target's."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import Select, Static
+
+from app.widgets.figures import NA, size
+from engine.catalog import ModelInfo
+
+
+def parameters_text(count: int | None) -> str:
+    """A parameter count as 125M / 1.3B, or n/a."""
+    if count is None:
+        return NA
+    if count >= 1e9:
+        return f"{count / 1e9:.1f}B"
+    if count >= 1e6:
+        return f"{count / 1e6:.0f}M"
+    return f"{count / 1e3:.0f}K"
+
+
+def model_facts(info: ModelInfo | None) -> str:
+    """One line of what a model is: parameters, size on disk, dtype, architecture."""
+    if info is None:
+        return "[dim]no model chosen[/dim]"
+    return (
+        f"{parameters_text(info.parameters)} params · {size(info.size_bytes)} · "
+        f"{info.dtype or NA} · {info.architecture or NA}"
+    )
+
+
+def tokenizer_badge(target: ModelInfo | None, draft: ModelInfo | None) -> tuple[str, str]:
+    """(text, css class) of the badge comparing the two tokenizers."""
+    if target is None or draft is None:
+        return "tokenizer: choose both models", "-unknown"
+    if target.tokenizer_fingerprint is None or draft.tokenizer_fingerprint is None:
+        return "tokenizer: n/a (not found)", "-unknown"
+    if target.tokenizer_fingerprint == draft.tokenizer_fingerprint:
+        return "✓ tokenizers match", "-match"
+    return "✗ tokenizers differ", "-differ"
+
+
+class ModelsChosen(Message):
+    """The target or draft choice changed."""
+
+    def __init__(self, target: ModelInfo | None, draft: ModelInfo | None) -> None:
+        super().__init__()
+        self.target = target
+        self.draft = draft
+
+
+class ModelsPanel(Vertical):
+    """Pick the target and the draft from the catalog."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.models: tuple[ModelInfo, ...] = ()
+
+    def compose(self) -> ComposeResult:
+        yield Static("target", classes="pane-label")
+        yield Select([], prompt="target model", id="pick-target", compact=True)
+        yield Static(model_facts(None), id="facts-target", classes="model-facts")
+        yield Static("draft", classes="pane-label")
+        yield Select([], prompt="draft model", id="pick-draft", compact=True)
+        yield Static(model_facts(None), id="facts-draft", classes="model-facts")
+        yield Static("catalog loading…", id="tokenizer-badge", classes="badge-line -unknown")
+
+    def set_models(self, models: Sequence[ModelInfo]) -> None:
+        """Fill both pickers; the bundled demo pair (or the first two models) is preselected."""
+        self.models = tuple(models)
+        options = [(self._label(m), i) for i, m in enumerate(self.models)]
+        for picker in self.query(Select):
+            picker.set_options(options)
+        target, draft = self._defaults()
+        if target is not None:
+            self.query_one("#pick-target", Select).value = target
+        if draft is not None:
+            self.query_one("#pick-draft", Select).value = draft
+        self._refresh()
+        if not self.models:
+            self.query_one("#tokenizer-badge", Static).update(
+                "no models found: use --models-dir or [models] dirs in the config"
+            )
+
+    @property
+    def target(self) -> ModelInfo | None:
+        """The chosen target model."""
+        return self._chosen("#pick-target")
+
+    @property
+    def draft(self) -> ModelInfo | None:
+        """The chosen draft model."""
+        return self._chosen("#pick-draft")
+
+    @on(Select.Changed)
+    def _changed(self, event: Select.Changed) -> None:
+        event.stop()
+        self._refresh()
+        self.post_message(ModelsChosen(self.target, self.draft))
+
+    def _chosen(self, selector: str) -> ModelInfo | None:
+        value = self.query_one(selector, Select).value
+        return self.models[value] if isinstance(value, int) else None
+
+    def _refresh(self) -> None:
+        self.query_one("#facts-target", Static).update(model_facts(self.target))
+        self.query_one("#facts-draft", Static).update(model_facts(self.draft))
+        text, cls = tokenizer_badge(self.target, self.draft)
+        badge = self.query_one("#tokenizer-badge", Static)
+        badge.update(text)
+        badge.set_classes(f"badge-line {cls}")
+
+    def _defaults(self) -> tuple[int | None, int | None]:
+        bundled = [i for i, m in enumerate(self.models) if m.bundled]
+        if len(bundled) >= 2:
+            by_name = sorted(bundled, key=lambda i: self.models[i].size_bytes, reverse=True)
+            return by_name[0], by_name[1]
+        if len(self.models) >= 2:
+            big = sorted(range(len(self.models)), key=lambda i: -self.models[i].size_bytes)
+            return big[0], big[-1]
+        return (0, 0) if self.models else (None, None)
+
+    @staticmethod
+    def _label(m: ModelInfo) -> str:
+        tag = " (demo)" if m.bundled else ""
+        return f"{m.name}{tag}"

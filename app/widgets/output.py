@@ -1,0 +1,42 @@
+"""The generated text, as it streams in."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+KEEP_CHARS = 20_000  # the pane shows the tail of very long outputs
+
+
+class OutputPane(VerticalScroll):
+    """Streams the run's output text; the prompt is shown dimmed before it."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self._prompt = ""
+        self._text = ""
+
+    def compose(self):
+        yield Static("", classes="output-text")
+
+    def begin(self, prompt: str) -> None:
+        """Clear the pane for a new run of this prompt."""
+        self._prompt, self._text = prompt, ""
+        self._show()
+
+    def append(self, text: str) -> None:
+        """Add newly generated text."""
+        self._text = (self._text + text)[-KEEP_CHARS:]
+        self._show()
+
+    @property
+    def text(self) -> str:
+        """The generated text so far."""
+        return self._text
+
+    def _show(self) -> None:
+        shown = Text(self._prompt, style="dim")
+        shown.append(self._text)
+        self.query_one(".output-text", Static).update(shown)
+        self.scroll_end(animate=False)

@@ -1,0 +1,107 @@
+"""The throughput pane: decode tok/s now and mean, speedup over a target-only baseline,
+and how a step's time splits into draft, verify and transport."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.reactive import reactive
+from textual.widgets import Static
+
+from app.widgets.figures import NA, number
+from app.widgets.spark import Spark
+from engine.metrics import speedup
+
+SPLIT_WIDTH = 22
+
+
+@dataclass(frozen=True)
+class ThroughputFigures:
+    """What the throughput pane shows; None = not reported (yet)."""
+
+    now: float | None = None  # tokens per second of the last step
+    mean: float | None = None  # decode tokens per second so far
+    baseline: float | None = None  # target-only decode tokens per second
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    transport_s: float = 0.0
+    history: tuple[float, ...] = ()
+
+    @property
+    def speedup(self) -> float | None:
+        """Mean decode throughput over the baseline's, once both are known."""
+        return speedup(self.mean, self.baseline)
+
+    def after_step(
+        self,
+        committed: int,
+        draft_s: float,
+        verify_s: float,
+        transport_s: float,
+        mean: float | None,
+    ) -> ThroughputFigures:
+        """The figures once one more step has been reported."""
+        step_s = draft_s + verify_s + transport_s
+        now = committed / step_s if step_s > 0 else None
+        return replace(
+            self,
+            now=now,
+            mean=mean,
+            draft_s=self.draft_s + draft_s,
+            verify_s=self.verify_s + verify_s,
+            transport_s=self.transport_s + transport_s,
+            history=(*self.history, now)[-240:] if now is not None else self.history,
+        )
+
+
+def split_bar(draft_s: float, verify_s: float, transport_s: float, width: int) -> str:
+    """A bar in three parts (d draft, v verify, t transport) in proportion to their time."""
+    total = draft_s + verify_s + transport_s
+    if total <= 0:
+        return "·" * width
+    d = round(width * draft_s / total)
+    t = round(width * transport_s / total)
+    v = max(width - d - t, 0)
+    return f"[$role-draft]{'█' * d}[/][$role-target]{'█' * v}[/][$chart-low]{'█' * t}[/]"
+
+
+class ThroughputPane(Vertical):
+    """Decode throughput and the time split of a step."""
+
+    figures: reactive[ThroughputFigures] = reactive(ThroughputFigures, init=False)
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._headline(), classes="throughput-figures")
+        yield Spark(ceiling=None, classes="throughput-history")
+        yield Static(self._split(), classes="throughput-split")
+
+    def watch_figures(self, figures: ThroughputFigures) -> None:
+        self.query_one(".throughput-figures", Static).update(self._headline())
+        self.query_one(".throughput-history", Spark).data = figures.history
+        self.query_one(".throughput-split", Static).update(self._split())
+
+    def _headline(self) -> str:
+        f = self.figures
+        sp = NA if f.speedup is None else f"{f.speedup:.2f}×"
+        return (
+            f"decode now  [b]{number(f.now, '.1f')}[/b] tok/s\n"
+            f"decode mean [b]{number(f.mean, '.1f')}[/b] tok/s\n"
+            f"speedup [b]{sp}[/b] (baseline {number(f.baseline, '.1f')} tok/s)"
+        )
+
+    def _split(self) -> str:
+        f = self.figures
+        total = f.draft_s + f.verify_s + f.transport_s
+        if total <= 0:
+            return f"step time\ndraft {NA}  verify {NA}  transport {NA}"
+        share = {
+            k: 100 * v / total
+            for k, v in (("d", f.draft_s), ("v", f.verify_s), ("t", f.transport_s))
+        }
+        return (
+            f"step time {split_bar(f.draft_s, f.verify_s, f.transport_s, SPLIT_WIDTH)}\n"
+            f"[$role-draft]■[/] draft {share['d']:.0f}%  [$role-target]■[/] verify "
+            f"{share['v']:.0f}%\n[$chart-low]■[/] transport {share['t']:.0f}%"
+        )

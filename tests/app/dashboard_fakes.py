@@ -1,0 +1,95 @@
+"""Fixed devices, samples and models for dashboard tests (deterministic, no hardware)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.config import load_config
+from backends.base import Backend, Device, ProcessInfo, Sample
+from backends.discovery import Inventory
+from backends.sampler import DeviceSampler
+from engine.catalog import ModelInfo
+
+GIB = 2**30
+
+DEVICES = (
+    Device("cpu", "cpu", "Test CPU", memory_total_bytes=64 * GIB),
+    Device("sim-cuda:0", "cuda", "Simulated NVIDIA H100 80GB HBM3", 0, True, 80 * GIB),
+    Device("sim-cuda:1", "cuda", "Simulated NVIDIA H100 80GB HBM3", 1, True, 80 * GIB),
+    Device("sim-hip:0", "hip", "Simulated AMD Instinct MI300X", 0, True, 192 * GIB),
+)
+
+# sim-cuda:1 is nearly full, so a big target does not fit there; the CPU reports no power
+USED = {"cpu": 8 * GIB, "sim-cuda:0": 2 * GIB, "sim-cuda:1": 79 * GIB, "sim-hip:0": 4 * GIB}
+
+
+class FixedBackend(Backend):
+    """Returns the same readings every time; `step` varies utilization by sample count."""
+
+    name = "simulated"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def discover(self) -> list[Device]:
+        return list(DEVICES)
+
+    def sample(self, device: Device) -> Sample:
+        self.calls += 1
+        gpu = device.backend != "cpu"
+        return Sample(
+            device_id=device.id,
+            time=1_700_000_000.0,
+            memory_used_bytes=USED[device.id],
+            memory_total_bytes=device.memory_total_bytes,
+            utilization_percent=float((self.calls * 7) % 100),
+            power_watts=120.0 if gpu else None,
+            power_limit_watts=700.0 if gpu else None,
+            temperature_c=45.0 if gpu else None,
+            processes=(ProcessInfo(4242, "python", 3 * GIB),) if gpu else (),
+        )
+
+
+class PausedSampler(DeviceSampler):
+    """A real sampler whose thread never starts: tests call poll() to move time on."""
+
+    def start(self) -> None:
+        """Stay paused."""
+
+
+def fixed_inventory() -> Inventory:
+    """The four fixed devices, owned by one FixedBackend."""
+    backend = FixedBackend()
+    return Inventory(devices=DEVICES, owners={d.id: backend for d in DEVICES})
+
+
+def fake_model(name: str, size_gib: float, fingerprint: str = "tok-1", **kw) -> ModelInfo:
+    """A catalog entry that is never loaded."""
+    return ModelInfo(
+        name=name,
+        path=Path("/models") / name,
+        architecture=kw.get("architecture", "LlamaForCausalLM"),
+        parameters=kw.get("parameters", int(size_gib * GIB / 2)),
+        size_bytes=int(size_gib * GIB),
+        dtype=kw.get("dtype", "bfloat16"),
+        tokenizer_fingerprint=fingerprint,
+        bundled=kw.get("bundled", False),
+    )
+
+
+MODELS = (
+    fake_model("big-target-7b", 13.5, bundled=True),
+    fake_model("small-draft-160m", 0.3, bundled=True),
+    fake_model("other-family-1b", 2.0, fingerprint="tok-2"),
+)
+
+
+def make_app(models=MODELS, polls: int = 12, **kw):
+    """A dashboard over the fixed devices, with `polls` samples of history."""
+    from app.dashboard import DashboardApp
+
+    inventory = fixed_inventory()
+    sampler = PausedSampler(inventory, interval_s=1.0, history=120)
+    for _ in range(polls):
+        sampler.poll()
+    return DashboardApp(load_config(), inventory, sampler, models=models, **kw)

@@ -1,0 +1,88 @@
+"""The dashboard in a real terminal (tmux): place both roles with keys, launch, quit."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Tmux:
+    """One private tmux server running one window."""
+
+    def __init__(self, socket: str) -> None:
+        self.socket = socket
+
+    def __call__(self, *args: str) -> str:
+        out = subprocess.run(
+            ["tmux", "-L", self.socket, "-f", "/dev/null", *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout
+
+    def screen(self) -> str:
+        return self("capture-pane", "-p", "-t", "deck")
+
+    def keys(self, *keys: str) -> None:
+        for key in keys:  # one at a time: a burst can merge an arrow's escape with a letter
+            self("send-keys", "-t", "deck", key)
+            time.sleep(0.15)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.screen())
+            if found:
+                return found
+            time.sleep(0.25)
+        raise AssertionError(f"{pattern!r} never appeared; the screen:\n{self.screen()}")
+
+
+def test_keys_place_both_roles_launch_and_quit_leaves_no_daemon(tmp_path):
+    tmux = Tmux(f"specdeck-test-{os.getpid()}")
+    env = {
+        "SPECDECK_CONFIG": str(tmp_path / "config.toml"),
+        "SPECDECK_DATA_DIR": str(tmp_path / "data"),
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+    }
+    exports = " ".join(f"{k}={v}" for k, v in env.items())
+    # COLUMNS/LINES inherited from the test runner would override the terminal's real size
+    command = (
+        f"cd {ROOT} && env -u COLUMNS -u LINES {exports} "
+        f"{sys.executable} -m app.cli --simulate cuda:2,hip:1"
+    )
+    tmux("new-session", "-d", "-s", "deck", "-x", "160", "-y", "48", command)
+    try:
+        tmux("resize-window", "-t", "deck", "-x", "160", "-y", "48")
+        shell = psutil.Process(int(tmux("display", "-p", "-t", "deck", "#{pane_pid}").strip()))
+        tmux.wait_for(r"sim-hip:0", timeout=20)
+        tmux.wait_for(r"tokenizers match", timeout=20)
+        tmux.keys("t", "c", "Right", "Enter", "d", "Right", "Right", "Enter")
+        tmux.wait_for(r"DRAFT\s+║", timeout=20)  # the draft sits on the focused card
+        tmux.keys("l")
+        tmux.wait_for(r"mean AL \d+\.\d\d", timeout=60)
+        daemons = [p for p in shell.children(recursive=True) if "daemon" in " ".join(p.cmdline())]
+        assert daemons, "no daemon processes were started"
+        tmux.keys("C-q")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and shell.is_running() and shell.status() != "zombie":
+            time.sleep(0.2)
+        left = [p.pid for p in daemons if p.is_running() and p.status() != "zombie"]
+        assert not left, f"daemons left after quitting: {left}"
+    finally:
+        tmux("kill-server")
