@@ -25,20 +25,33 @@ def add_placement_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--k", default="6", help="draft tokens per step: N or auto (default 6)")
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--mode", choices=("inprocess", "split"), help="default: split when the "
-                   "draft is on a device the target does not use, else inprocess")
+    g.add_argument(
+        "--mode",
+        choices=("inprocess", "split"),
+        help="default: split when the draft is on a device the target does not use, else inprocess",
+    )
     g.add_argument("--baseline", action="store_true", help="also run target-only decoding")
-    g.add_argument("--trust-remote-code", action="store_true",
-                   help="allow the models' own code to run (off by default)")
+    g.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow the models' own code to run (off by default)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specdeck", description=__doc__.splitlines()[0])
-    parser.add_argument("--simulate", metavar="SPEC", help="add simulated devices, e.g. cuda:2,hip:1")
+    parser.add_argument(
+        "--simulate", metavar="SPEC", help="add simulated devices, e.g. cuda:2,hip:1"
+    )
     parser.add_argument("--config", metavar="FILE", help="config file (TOML)")
     parser.add_argument("--theme", metavar="NAME", help="dashboard theme")
-    parser.add_argument("--models-dir", action="append", default=[], metavar="DIR",
-                        help="a folder of models for the catalog (repeatable)")
+    parser.add_argument(
+        "--models-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of models for the catalog (repeatable)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("devices", help="list devices and their telemetry")

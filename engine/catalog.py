@@ -40,6 +40,10 @@ SAFETENSORS_DTYPES = {
 MAX_HEADER_BYTES = 100 * 2**20  # a safetensors header larger than this is not one
 
 
+HALF_DTYPES = ("bfloat16", "float16")
+FLOAT32_BELOW = 1_000_000_000  # parameters under which a half checkpoint loads as float32
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What the catalog knows about one model folder."""
@@ -52,6 +56,23 @@ class ModelInfo:
     dtype: str | None  # the checkpoint's dominant tensor dtype, torch spelling
     tokenizer_fingerprint: str | None  # short sha256 of vocab, merges and special tokens
     bundled: bool = False
+
+    def load_dtype(self, on_cpu: bool) -> str | None:
+        """The dtype this model loads in by default (None: the checkpoint's own).
+
+        Half checkpoints load as float32 on the CPU (its half kernels are slow or missing) and,
+        when small, on GPUs too: there float32 costs little, and it keeps greedy speculative
+        decoding token-for-token equal to target-only decoding, which half precision can break
+        on near-ties because a k-token verification and a one-token step round differently.
+        """
+        if self.dtype in HALF_DTYPES and (on_cpu or (self.parameters or 0) < FLOAT32_BELOW):
+            return "float32"
+        return None
+
+    def resident_bytes(self, on_cpu: bool) -> int:
+        """Weight bytes once loaded in the default dtype."""
+        widened = self.load_dtype(on_cpu) == "float32" and self.dtype in HALF_DTYPES
+        return self.size_bytes * 2 if widened else self.size_bytes
 
     def as_json(self) -> dict:
         """The `specdeck models --json` entry."""

@@ -13,8 +13,6 @@ import torch
 from engine.catalog import ModelInfo
 from engine.errors import EngineInputError
 
-HALF_DTYPES = ("bfloat16", "float16")
-
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -155,13 +153,12 @@ def load_model(
 
 
 def _load_dtype(info: ModelInfo, devices: tuple[str, ...], dtype: str | torch.dtype | None):
-    """Asked dtype, else float32 on the CPU for half checkpoints, else the checkpoint's own."""
-    if dtype is not None:
-        return getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    on_cpu = all(torch.device(d).type == "cpu" for d in devices)
-    if on_cpu and info.dtype in HALF_DTYPES:
-        return torch.float32  # CPU kernels for half types are slow or missing
-    return "auto"
+    """Asked dtype, else the catalog's default for these devices, else the checkpoint's own."""
+    if dtype is None:
+        dtype = info.load_dtype(on_cpu=all(torch.device(d).type == "cpu" for d in devices))
+    if dtype is None:
+        return "auto"
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
 def _device_map(config: Any, devices: tuple[str, ...], trust_remote_code: bool):

@@ -69,6 +69,15 @@ class DoneEvent:
 
 
 @dataclass(frozen=True)
+class PromptEvent:
+    """One prompt of a multi-prompt session finished; `result` is its generation document."""
+
+    index: int
+    total: int
+    result: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class DaemonEvent:
     """A daemon process started."""
 
@@ -77,4 +86,13 @@ class DaemonEvent:
     device_ids: tuple[str, ...]
 
 
-RunEvent = StatusEvent | StepEvent | TokenEvent | LogEvent | ErrorEvent | DoneEvent | DaemonEvent
+RunEvent = (
+    StatusEvent
+    | StepEvent
+    | TokenEvent
+    | LogEvent
+    | ErrorEvent
+    | DoneEvent
+    | DaemonEvent
+    | PromptEvent
+)

@@ -2,7 +2,8 @@
 
 `specdeck run --mode split` and the dashboard call `start_run`; it returns at once, and a
 background thread starts the daemons, drives the run, writes the run record and reports
-what happens through `on_event`.
+what happens through `on_event`. A request with `prompts` is a session: the same daemons
+decode each prompt in turn (`specdeck bench`), so the models load once.
 """
 
 from __future__ import annotations
@@ -46,6 +47,18 @@ class RunRequest:
     baseline: bool
     trust_remote_code: bool = False
     trust_draft_remote_code: bool | None = None  # None: as trust_remote_code
+    prompts: tuple[str, ...] = ()  # a session: these prompts in turn (then `prompt` is unused)
+    warmup_tokens: int = 0  # a first, unrecorded generation of this many tokens
+
+    @property
+    def session(self) -> bool:
+        """Whether this is a multi-prompt session (its document pools the prompts)."""
+        return bool(self.prompts)
+
+    @property
+    def prompt_list(self) -> tuple[str, ...]:
+        """The prompts decoded in turn."""
+        return self.prompts or (self.prompt,)
 
     @property
     def draft_trust(self) -> bool:
@@ -133,7 +146,11 @@ def start_run(
             "max_new_tokens": request.max_new_tokens,
             "baseline": request.baseline,
             "trust_remote_code": request.trust_remote_code,
-            "prompt": request.prompt,
+            **(
+                {"prompts": len(request.prompts), "warmup_tokens": request.warmup_tokens}
+                if request.session
+                else {"prompt": request.prompt}
+            ),
         },
     )
     handle = RunHandle(run_id, recorder.folder)
@@ -179,6 +196,8 @@ class _Run:
         self.stop_sent = False
         self.result: dict | None = None
         self.failure: ev.ErrorEvent | None = None
+        self.warming = False  # the warm-up generation's events are not the run's
+        self.documents: list[dict] = []  # one generation document per prompt done
 
     def emit(self, event: ev.RunEvent) -> None:
         with contextlib.suppress(Exception):  # a watcher's bug must not kill the run
@@ -319,6 +338,8 @@ class _Run:
             elif kind == "error":
                 self.failure = ev.ErrorEvent(role, f"{role} daemon: {msg['text']}")
             return
+        if self.warming and kind in ("step", "token", "status"):
+            return  # the warm-up generation is neither shown nor recorded
         if kind == "status":
             self.emit(ev.StatusEvent(role, msg["state"], msg["text"]))
             if role == "target" and msg["state"] in ("prefill", "decode"):
@@ -347,23 +368,51 @@ class _Run:
                 daemon.expected_exit = True
             self.failure = ev.ErrorEvent(role, f"{role} daemon: {msg['text']}", status)
         elif kind == "done":
-            self.result = self._document(msg["result"])
+            self._generation_done(supervisor, msg["result"])
 
     def _begin(self, supervisor: Supervisor) -> None:
         req = self.request
         self.started = True
+        first = req.prompt_list[0]
+        if req.warmup_tokens > 0:
+            self.warming = True
+            self._send_start(supervisor, first, min(req.warmup_tokens, req.max_new_tokens))
+        else:
+            self._send_start(supervisor, first, req.max_new_tokens)
+
+    def _send_start(self, supervisor: Supervisor, prompt: str, max_new_tokens: int) -> None:
+        req = self.request
         supervisor.request(
             "target",
             "start",
             {
-                "prompt": req.prompt,
-                "max_new_tokens": req.max_new_tokens,
+                "prompt": prompt,
+                "max_new_tokens": max_new_tokens,
                 "k": req.k,
                 "temperature": float(req.temperature),
                 "seed": req.seed,
                 "baseline": req.baseline,
             },
         )
+
+    def _generation_done(self, supervisor: Supervisor, generation: dict) -> None:
+        """One prompt finished: start the next one, or end the run with its document."""
+        req, prompts = self.request, self.request.prompt_list
+        if self.warming:
+            self.warming = False
+            self._send_start(supervisor, prompts[0], req.max_new_tokens)
+            return
+        if not req.session:
+            self.result = self._document(generation)
+            return
+        self.documents.append(generation)
+        index = len(self.documents) - 1
+        self.emit(ev.PromptEvent(index, len(prompts), generation))
+        stopped = generation.get("stop_reason") == "stopped" or self.handle._stop.is_set()
+        if len(self.documents) < len(prompts) and not stopped:
+            self._send_start(supervisor, prompts[index + 1], req.max_new_tokens)
+        else:
+            self.result = self._session_document(stopped)
 
     def _step(self, msg: Any) -> None:
         f = msg.fields
@@ -411,6 +460,26 @@ class _Run:
             "placement": {"target": list(req.placement.target), "draft": req.placement.draft},
             "mode": req.mode,
             **generation,
+            "run_id": self.handle.run_id,
+        }
+
+    def _session_document(self, stopped: bool) -> dict:
+        """The session's document: pooled figures over its prompts, then each prompt's."""
+        from ipc.bench import pooled_figures
+
+        req = self.request
+        return {
+            "target_model": req.target_model,
+            "draft_model": req.draft_model,
+            "placement": {"target": list(req.placement.target), "draft": req.placement.draft},
+            "mode": req.mode,
+            "k": req.k,
+            "temperature": req.temperature,
+            "seed": req.seed,
+            **pooled_figures(self.documents),
+            "per_position_acceptance": self.stats.per_position_acceptance,
+            "stop_reason": "stopped" if stopped else "max_new_tokens",
+            "prompts": self.documents,
             "run_id": self.handle.run_id,
         }
 

@@ -24,7 +24,9 @@ def make_tokenizer(folder: Path, vocab_size: int = 400, extra: str = "") -> None
     )
     tok.train_from_iterator([t + extra for t in SAMPLE_TEXT], trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
         pad_token="<|endoftext|>",
     )
     fast.save_pretrained(folder)

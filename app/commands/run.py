@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 DEFAULT_PROMPT = "def fibonacci(n):\n"
 K_LIMIT = 64
-HALF_DTYPES = ("bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -468,9 +467,10 @@ def place(
 
 
 def _resident_bytes(info: ModelInfo, devices: list[Device | None]) -> int:
-    """Weight bytes once loaded: half checkpoints load as float32 on the CPU."""
-    on_cpu = all(d is not None and (d.backend == "cpu" or d.simulated) for d in devices)
-    return info.size_bytes * 2 if on_cpu and info.dtype in HALF_DTYPES else info.size_bytes
+    """Weight bytes once loaded in the default dtype for these devices."""
+    return info.resident_bytes(
+        on_cpu=all(d is not None and (d.backend == "cpu" or d.simulated) for d in devices)
+    )
 
 
 def _free_bytes(inventory: Any, device: Device) -> int | None:

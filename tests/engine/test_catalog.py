@@ -150,3 +150,30 @@ def test_catalog_does_not_import_torch():
     code = "import sys, engine.catalog; sys.exit('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[2]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+
+
+def _info(dtype: str, parameters: int) -> catalog.ModelInfo:
+    return catalog.ModelInfo(
+        name="m",
+        path=Path("/m"),
+        architecture="LlamaForCausalLM",
+        parameters=parameters,
+        size_bytes=parameters * 2,
+        dtype=dtype,
+        tokenizer_fingerprint=None,
+    )
+
+
+def test_small_half_models_load_as_float32_everywhere_so_greedy_stays_exact():
+    small = _info("bfloat16", 17_000_000)
+    assert small.load_dtype(on_cpu=False) == "float32"
+    assert small.load_dtype(on_cpu=True) == "float32"
+    assert small.resident_bytes(on_cpu=False) == small.size_bytes * 2
+
+
+def test_large_half_models_keep_their_dtype_on_gpus_but_not_on_the_cpu():
+    large = _info("bfloat16", 8_000_000_000)
+    assert large.load_dtype(on_cpu=False) is None
+    assert large.resident_bytes(on_cpu=False) == large.size_bytes
+    assert large.load_dtype(on_cpu=True) == "float32"
+    assert _info("float32", 8_000_000_000).load_dtype(on_cpu=True) is None
