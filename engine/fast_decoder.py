@@ -1,0 +1,218 @@
+"""A lean decode path for Llama-style causal LMs: the model's own weights, a flat KV cache.
+
+transformers' forward costs milliseconds per call on a CPU in masks, cache objects and
+generic code, whatever the model's size. `LeanDecoder` runs the same arithmetic (RMSNorm,
+rotary, grouped-query attention, SiLU-gated MLP, lm_head) directly on the HF module's
+weight tensors, with keys and values in preallocated tensors of shape
+[layers, kv_heads, capacity, head_dim]: rolling back is moving a length pointer.
+`lean_unsupported(model)` names what it cannot run exactly; callers then keep the HF path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# transformers classes whose forward is the arithmetic below (and nothing else)
+LEAN_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen3ForCausalLM": "qwen3",
+}
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # inv_freq fixed at load
+INITIAL_CAPACITY = 512
+
+
+def lean_unsupported(model: Any) -> str | None:
+    """Why `LeanDecoder` cannot run this model exactly, or None when it can."""
+    name = type(model).__name__
+    expected_type = LEAN_ARCHITECTURES.get(name)
+    if expected_type is None or not type(model).__module__.startswith("transformers.models."):
+        return f"{type(model).__module__}.{name} is not a known Llama-style architecture"
+    config = model.config
+    if getattr(config, "model_type", None) != expected_type:
+        return f"model_type {getattr(config, 'model_type', None)!r} does not match {name}"
+    if getattr(config, "hidden_act", None) != "silu":
+        return f"activation {config.hidden_act!r} (only silu)"
+    if getattr(config, "sliding_window", None) is not None:
+        return "sliding-window attention"
+    layer_types = getattr(config, "layer_types", None) or ()
+    if any(t != "full_attention" for t in layer_types):
+        return f"layer types {sorted(set(layer_types))}"
+    rope = getattr(config, "rope_parameters", None) or {}
+    rope_type = rope.get("rope_type", "default") if isinstance(rope, dict) else None
+    if rope_type not in STATIC_ROPE_TYPES:
+        return f"rope type {rope_type!r}"
+    if model.training:
+        return "the model is in training mode"
+    devices = {p.device for p in model.parameters()}
+    if len(devices) != 1:
+        return "the model spans several devices"
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        if not hasattr(attn, "q_norm") and expected_type == "qwen3":
+            return "a Qwen3 layer without q_norm"
+        if any(getattr(attn, n, None) is not None for n in ("sliding_window",)):
+            return "sliding-window attention in a layer"
+    return None
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One decoder layer's weight tensors (the HF module's own, not copies)."""
+
+    input_norm: torch.Tensor
+    q: tuple[torch.Tensor, torch.Tensor | None]
+    k: tuple[torch.Tensor, torch.Tensor | None]
+    v: tuple[torch.Tensor, torch.Tensor | None]
+    o: tuple[torch.Tensor, torch.Tensor | None]
+    q_norm: torch.Tensor | None  # Qwen3's per-head RMSNorm of queries and keys
+    k_norm: torch.Tensor | None
+    post_norm: torch.Tensor
+    gate: tuple[torch.Tensor, torch.Tensor | None]
+    up: tuple[torch.Tensor, torch.Tensor | None]
+    down: tuple[torch.Tensor, torch.Tensor | None]
+
+
+def _linear(module: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return module.weight, module.bias
+
+
+class LeanDecoder:
+    """Forwards new tokens after a flat KV cache; `crop(n)` keeps the first n tokens."""
+
+    def __init__(self, model: Any) -> None:
+        reason = lean_unsupported(model)
+        if reason is not None:
+            raise ValueError(f"no lean decode path: {reason}")
+        config = model.config
+        inner = model.model
+        self.embed = inner.embed_tokens.weight
+        self.final_norm = inner.norm.weight
+        self.lm_head = model.lm_head.weight
+        self.eps = float(config.rms_norm_eps)
+        self.rotary = inner.rotary_emb
+        first = inner.layers[0].self_attn
+        self.head_dim = int(first.head_dim)
+        self.heads = int(config.num_attention_heads)
+        self.kv_heads = int(config.num_key_value_heads)
+        self.groups = self.heads // self.kv_heads
+        self.scaling = float(first.scaling)
+        self.layers = [self._layer(layer) for layer in inner.layers]
+        self.device = self.embed.device
+        self.dtype = self.embed.dtype
+        self.length = 0
+        self._keys = self._values = torch.empty(0)
+        self._cos = self._sin = torch.empty(0)
+        self._allocate(INITIAL_CAPACITY)
+
+    @staticmethod
+    def _layer(layer: Any) -> _Layer:
+        attn, mlp = layer.self_attn, layer.mlp
+        q_norm = getattr(attn, "q_norm", None)
+        k_norm = getattr(attn, "k_norm", None)
+        return _Layer(
+            input_norm=layer.input_layernorm.weight,
+            q=_linear(attn.q_proj),
+            k=_linear(attn.k_proj),
+            v=_linear(attn.v_proj),
+            o=_linear(attn.o_proj),
+            q_norm=None if q_norm is None else q_norm.weight,
+            k_norm=None if k_norm is None else k_norm.weight,
+            post_norm=layer.post_attention_layernorm.weight,
+            gate=_linear(mlp.gate_proj),
+            up=_linear(mlp.up_proj),
+            down=_linear(mlp.down_proj),
+        )
+
+    @property
+    def capacity(self) -> int:
+        """Tokens the cache holds before it must grow."""
+        return self._keys.shape[2]
+
+    def _allocate(self, capacity: int) -> None:
+        """(Re)allocate cache and rotary tables for `capacity` tokens, keeping what is held."""
+        shape = (len(self.layers), self.kv_heads, capacity, self.head_dim)
+        keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        values = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        if self.length:
+            keys[:, :, : self.length] = self._keys[:, :, : self.length]
+            values[:, :, : self.length] = self._values[:, :, : self.length]
+        self._keys, self._values = keys, values
+        positions = torch.arange(capacity, device=self.device).unsqueeze(0)
+        with torch.inference_mode():
+            # the model's own rotary module: every rope type and scaling it knows, exactly
+            cos, sin = self.rotary(self.embed[:1].unsqueeze(0), positions)
+        self._cos, self._sin = cos[0], sin[0]
+
+    def reset(self) -> None:
+        """Forget every cached token."""
+        self.length = 0
+
+    def crop(self, keep: int) -> None:
+        """Keep the first `keep` cached tokens (O(1): the rest is overwritten later)."""
+        if not 0 <= keep <= self.length:
+            raise ValueError(f"cannot keep {keep} tokens of a cache holding {self.length}")
+        self.length = keep
+
+    def forward(self, token_ids: list[int], last_only: bool = False) -> torch.Tensor:
+        """Logits [n or 1, vocab] for n new tokens, which join the cache."""
+        n = len(token_ids)
+        start, end = self.length, self.length + n
+        if end > self.capacity:
+            self._allocate(max(2 * self.capacity, end))
+        ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
+        x = F.embedding(ids, self.embed)
+        cos, sin = self._cos[start:end], self._sin[start:end]
+        mask = None
+        if n > 1:  # query i sits at position start + i and sees keys up to it
+            cols = torch.arange(end, device=self.device)
+            rows = torch.arange(start, end, device=self.device)
+            mask = (cols[None, :] <= rows[:, None]).repeat(self.groups, 1)
+        for index, layer in enumerate(self.layers):
+            x = x + self._attention(index, layer, self._norm(x, layer.input_norm), cos, sin, mask)
+            h = self._norm(x, layer.post_norm)
+            gated = F.silu(F.linear(h, *layer.gate)) * F.linear(h, *layer.up)
+            x = x + F.linear(gated, *layer.down)
+        self.length = end
+        if last_only:
+            x = x[-1:]
+        return F.linear(self._norm(x, self.final_norm), self.lm_head)
+
+    def _attention(self, index, layer: _Layer, h, cos, sin, mask) -> torch.Tensor:
+        """Self-attention of n new positions over the cache; their keys/values join it."""
+        n, d = h.shape[0], self.head_dim
+        q = F.linear(h, *layer.q).view(n, self.heads, d)
+        k = F.linear(h, *layer.k).view(n, self.kv_heads, d)
+        v = F.linear(h, *layer.v).view(n, self.kv_heads, d)
+        if layer.q_norm is not None:
+            q = self._norm(q, layer.q_norm)
+            k = self._norm(k, layer.k_norm)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [n, 1, d]: the same for every head
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        start, end = self.length, self.length + n
+        self._keys[index, :, start:end] = k.transpose(0, 1)
+        self._values[index, :, start:end] = v.transpose(0, 1)
+        keys = self._keys[index, :, :end]
+        values = self._values[index, :, :end]
+        # heads h*groups .. h*groups+groups-1 share KV head h: fold them into the query rows
+        q = q.view(n, self.kv_heads, self.groups, d).permute(1, 2, 0, 3)
+        q = q.reshape(self.kv_heads, self.groups * n, d)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
+        out = out.view(self.kv_heads, self.groups, n, d).permute(2, 0, 1, 3).reshape(n, -1)
+        return F.linear(out, *layer.o)
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """RMSNorm as transformers computes it (in float32, then back to x's dtype)."""
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * h.to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
