@@ -83,3 +83,70 @@ def test_greedy_completion_of_a_python_prompt_is_python(target):
     assert len(completion.strip()) >= 10, repr(completion)
     assert completion.startswith("    "), repr(completion)  # the body, indented
     assert any(word in completion for word in ("return", "if ", "for ", "=")), repr(completion)
+
+
+@pytest.mark.parametrize("k", [3, 6])
+def test_speculative_greedy_on_the_demo_pair_equals_the_target_alone(target, k):
+    """The engine's exactness guarantee, on the real trained pair (not random weights)."""
+    import torch
+
+    from engine.catalog import demo_pair
+    from engine.loading import load_model
+    from engine.local_drafter import LocalDrafter
+    from engine.speculative import SpeculativeDecoder
+
+    model, tokenizer = target
+    target_info, draft_info = demo_pair()
+    loaded_target = load_model(target_info, ["cpu"])
+    loaded_draft = load_model(draft_info, ["cpu"])
+    for prompt in ("import os\n\n\ndef walk(root):\n", "class Stack:\n    def push(self, x):\n"):
+        ids = tokenizer.encode(prompt)
+        with torch.inference_mode():
+            out = model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=40,
+                do_sample=False,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+        expected = out[0, len(ids) :].tolist()
+        decoder = SpeculativeDecoder(loaded_target, LocalDrafter(loaded_draft), k, 0.0, 0)
+        result = decoder.generate(ids, 40)
+        assert result.output_ids == expected[: len(result.output_ids)]
+        assert len(result.output_ids) == len(expected)
+        assert result.stats.mean_acceptance_length > 1.5  # a trained draft is accepted often
+
+
+@pytest.mark.slow
+def test_the_pair_loads_from_an_installed_wheel(tmp_path):
+    """A non-editable install carries the weights as package data and finds them."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", str(root), "--no-deps", "--no-build-isolation", "-w", str(wheels)],
+        check=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = wheels.glob("specdeck-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
+    probe = (
+        "import engine.catalog as c; from engine.loading import load_model;"
+        "t, d = c.demo_pair(); m = load_model(t, ['cpu']);"
+        "print(c.__file__); print(t.path); print(m.model.config.num_hidden_layers)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        check=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    assert out[0].startswith(str(site)) and out[1].startswith(str(site)), out
+    assert (
+        int(out[2])
+        == json.loads((DEMO / "target" / "config.json").read_text())["num_hidden_layers"]
+    )
