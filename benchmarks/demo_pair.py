@@ -60,6 +60,7 @@ class Summary:
     target_only_decode_tokens_per_s: float
     speedup: float
     draft_ms_per_step: float
+    draft_path: str
     verify_ms_per_step: float
     target_only_ms_per_token: float
     identical_outputs: int
@@ -106,12 +107,14 @@ def humaneval_prompts(n: int) -> list[tuple[str, str]]:
     return [(task, problems[task]["prompt"]) for task in list(problems)[:n]]
 
 
-def measure(root: Path, n: int, k: int, max_new_tokens: int) -> tuple[Summary, list]:
+def measure(
+    root: Path, n: int, k: int, max_new_tokens: int, lean_draft: bool = True
+) -> tuple[Summary, list]:
     """Decode each prompt target-only and speculatively; return the summary and rows."""
     quiet_transformers()
     target = load_model(describe_model(root / "target", "demo-target"), ["cpu"], "float32")
     draft = load_model(describe_model(root / "draft", "demo-draft"), ["cpu"], "float32")
-    drafter = LocalDrafter(draft)
+    drafter = LocalDrafter(draft, lean=lean_draft)
     decoder = SpeculativeDecoder(target, drafter, k, 0.0, None)
     tokenizer = target.tokenizer
     prompts = humaneval_prompts(n)
@@ -162,6 +165,7 @@ def measure(root: Path, n: int, k: int, max_new_tokens: int) -> tuple[Summary, l
         target_only_decode_tokens_per_s=round(base_tps or 0.0, 1),
         speedup=round(speedup(spec_tps, base_tps) or 0.0, 2),
         draft_ms_per_step=round(1e3 * sum(r.draft_s for r in rows) / steps, 2),
+        draft_path=drafter.decode_path,
         verify_ms_per_step=round(1e3 * sum(r.verify_s for r in rows) / steps, 2),
         target_only_ms_per_token=round(1e3 / (base_tps or float("inf")), 2),
         identical_outputs=sum(r.same_output for r in rows),
@@ -183,6 +187,7 @@ def print_table(summary: Summary) -> None:
         ("target-only decode tok/s", f"{summary.target_only_decode_tokens_per_s:.1f}", ""),
         ("speedup", f"{summary.speedup:.2f}x", ">= 1.5x"),
         ("draft ms per step (k drafts)", f"{summary.draft_ms_per_step:.1f}", ""),
+        ("draft forward", summary.draft_path, ""),
         ("verify ms per step (k+1 tokens)", f"{summary.verify_ms_per_step:.1f}", ""),
         ("target-only ms per token", f"{summary.target_only_ms_per_token:.1f}", ""),
         ("outputs identical to target-only", f"{summary.identical_outputs}", ""),
@@ -207,10 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="also write summary and rows here")
+    parser.add_argument(
+        "--hf-draft", action="store_true", help="draft through transformers' forward, not lean"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    summary, rows = measure(args.models, args.n, args.k, args.max_new_tokens)
+    summary, rows = measure(
+        args.models, args.n, args.k, args.max_new_tokens, lean_draft=not args.hf_draft
+    )
     print_table(summary)
     if args.json:
         payload = {"summary": asdict(summary), "prompts": [asdict(r) for r in rows]}

@@ -1,11 +1,12 @@
-"""A lean decode path for Llama-style causal LMs: the model's own weights, a flat KV cache.
+"""Decoding sessions: a lean path for Llama-style causal LMs, transformers' forward otherwise.
 
 transformers' forward costs milliseconds per call on a CPU in masks, cache objects and
 generic code, whatever the model's size. `LeanDecoder` runs the same arithmetic (RMSNorm,
 rotary, grouped-query attention, SiLU-gated MLP, lm_head) directly on the HF module's
 weight tensors, with keys and values in preallocated tensors of shape
 [layers, kv_heads, capacity, head_dim]: rolling back is moving a length pointer.
-`lean_unsupported(model)` names what it cannot run exactly; callers then keep the HF path.
+`lean_unsupported(model)` names what it cannot run exactly; `open_decoder` then returns an
+`HFDecoder` (transformers' own forward and cache) with the same four methods.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from engine.kvcache import cache_length, crop_cache
+from engine.loading import LoadedModel
 
 # transformers classes whose forward is the arithmetic below (and nothing else)
 LEAN_ARCHITECTURES = {
@@ -158,14 +162,13 @@ class LeanDecoder:
             raise ValueError(f"cannot keep {keep} tokens of a cache holding {self.length}")
         self.length = keep
 
-    def forward(self, token_ids: list[int], last_only: bool = False) -> torch.Tensor:
-        """Logits [n or 1, vocab] for n new tokens, which join the cache."""
-        n = len(token_ids)
+    def forward(self, token_ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Logits [n or 1, vocab] for n new tokens (a 1-D tensor), which join the cache."""
+        n = token_ids.shape[0]
         start, end = self.length, self.length + n
         if end > self.capacity:
             self._allocate(max(2 * self.capacity, end))
-        ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
-        x = F.embedding(ids, self.embed)
+        x = F.embedding(token_ids.to(self.device), self.embed)
         cos, sin = self._cos[start:end], self._sin[start:end]
         mask = None
         if n > 1:  # query i sits at position start + i and sees keys up to it
@@ -211,6 +214,44 @@ class LeanDecoder:
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * h.to(x.dtype)
+
+
+class HFDecoder:
+    """The same session over transformers' own forward and cache: any model it loads."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.device = loaded.input_device
+        self._cache: Any = None
+
+    @property
+    def length(self) -> int:
+        """Tokens the cache holds."""
+        return 0 if self._cache is None else cache_length(self._cache)
+
+    def reset(self) -> None:
+        """Forget every cached token."""
+        self._cache = None
+
+    def crop(self, keep: int) -> None:
+        """Keep the first `keep` cached tokens."""
+        if self._cache is None:
+            if keep:
+                raise ValueError(f"cannot keep {keep} tokens of an empty cache")
+            return
+        crop_cache(self._cache, keep)
+
+    def forward(self, token_ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Logits [n or 1, vocab] for n new tokens (a 1-D tensor), which join the cache."""
+        logits, self._cache = self.loaded.forward(token_ids.view(1, -1), self._cache, last_only)
+        return logits
+
+
+def open_decoder(loaded: LoadedModel, lean: bool = True) -> LeanDecoder | HFDecoder:
+    """A `LeanDecoder` where the model allows one (and `lean`), else an `HFDecoder`."""
+    if lean and lean_unsupported(loaded.model) is None:
+        return LeanDecoder(loaded.model)
+    return HFDecoder(loaded)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

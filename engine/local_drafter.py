@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
 from engine.drafter import Drafter, Proposal
-from engine.kvcache import crop_cache
+from engine.fast_decoder import LeanDecoder, open_decoder
 from engine.loading import LoadedModel
 from engine.sampling import TokenSampler, probabilities
 
@@ -18,28 +16,36 @@ class LocalDrafter(Drafter):
 
     The cache holds the committed context except up to two pending tokens (the last draft
     of a fully accepted proposal and the target's next token), which the next `propose`
-    feeds in its first forward; nothing re-encodes the context.
+    feeds in its first forward; nothing re-encodes the context. Llama-style models decode
+    through `engine.fast_decoder.LeanDecoder`; others (or `lean=False`) through transformers.
     """
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, lean: bool = True) -> None:
         self.loaded = loaded
-        self._cache: Any = None
-        self._cache_len = 0  # tokens the cache holds
+        self._decoder = open_decoder(loaded, lean)
         self._pending: list[int] = []  # committed tokens not yet in the cache
         self._drafted: list[int] = []  # the last proposal
         self._base_len = 0  # committed tokens before the last proposal
         self._rows: list[torch.Tensor] = []  # q rows of the last proposal (sampling only)
         self._sampler = TokenSampler(0.0, None)
 
+    @property
+    def decode_path(self) -> str:
+        """'lean' or 'transformers': which forward drafts."""
+        return "lean" if isinstance(self._decoder, LeanDecoder) else "transformers"
+
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens the draft's KV cache holds."""
+        return self._decoder.length
+
     def begin(self, prompt_ids: list[int], temperature: float, seed: int | None) -> None:
         if not prompt_ids:
             raise ValueError("the drafter needs a prompt of at least one token")
         self._sampler = TokenSampler(temperature, seed)
-        self._cache = None
-        prompt = torch.tensor([prompt_ids], dtype=torch.long)
+        self._decoder.reset()
         with torch.inference_mode():
-            _, self._cache = self.loaded.forward(prompt, None, last_only=True)
-        self._cache_len = len(prompt_ids)
+            self._decoder.forward(torch.tensor(prompt_ids, dtype=torch.long), last_only=True)
         self._pending, self._drafted, self._rows = [], [], []
 
     def propose(self, k: int) -> Proposal:
@@ -48,15 +54,14 @@ class LocalDrafter(Drafter):
             return Proposal([], [])
         if not self._pending:
             raise RuntimeError("propose() before any commit(): the drafter has no next token")
-        self._base_len = self._cache_len + len(self._pending)
-        device = self.loaded.input_device
-        step_input = torch.tensor([self._pending], dtype=torch.long, device=device)
+        decoder = self._decoder
+        self._base_len = decoder.length + len(self._pending)
+        step_input = torch.tensor(self._pending, dtype=torch.long, device=decoder.device)
         tokens: list[torch.Tensor] = []
         rows: list[torch.Tensor] = []
         with torch.inference_mode():
             for i in range(k):
-                logits, self._cache = self.loaded.forward(step_input, self._cache, last_only=True)
-                row = logits[-1]
+                row = decoder.forward(step_input, last_only=True)[-1]
                 if self._sampler.greedy:
                     token = torch.argmax(row)
                 else:
@@ -65,9 +70,8 @@ class LocalDrafter(Drafter):
                     rows.append(probs)
                 tokens.append(token)
                 if i + 1 < k:
-                    step_input = token.view(1, 1).to(device)
+                    step_input = token.view(1).to(decoder.device)
         # the cache now holds the context and every draft but the last
-        self._cache_len = self._base_len + k - 1
         self._pending = []
         self._rows = rows
         stacked = torch.stack([t.to(tokens[0].device) for t in tokens])
@@ -85,9 +89,7 @@ class LocalDrafter(Drafter):
         if not 0 <= accepted <= len(drafted):
             raise ValueError(f"accepted {accepted} of {len(drafted)} drafted tokens")
         if accepted < len(drafted):
-            keep = self._base_len + accepted
-            crop_cache(self._cache, keep)
-            self._cache_len = keep
+            self._decoder.crop(self._base_len + accepted)
             self._pending = [next_token]
         else:
             # a fully accepted proposal: its last draft was never fed
@@ -95,6 +97,6 @@ class LocalDrafter(Drafter):
         self._drafted, self._rows = [], []
 
     def close(self) -> None:
-        self._cache = None
+        self._decoder.reset()
         self._rows = []
         self.loaded.close()

@@ -34,8 +34,12 @@ class RunNotFound(LookupError):
 
 
 def new_run_id() -> str:
-    """A sortable, unique id: local start time plus four random hex digits."""
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    """A sortable, unique id: local start time to the millisecond, then two random hex digits."""
+    now = time.time()
+    millis = int(now * 1000) % 1000
+    return (
+        f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{millis:03d}{secrets.token_hex(1)}"
+    )
 
 
 def runs_dir(data_dir: str | os.PathLike) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.kvcache import cache_length
 from engine.local_drafter import LocalDrafter
 
 PROMPT = [5, 17, 42, 99, 7]
@@ -35,14 +34,14 @@ def test_greedy_proposals_follow_the_committed_context(loaded_pair):
     # partial acceptance: keep 2 drafts, then the target's correction 301
     drafter.commit(2, 301)
     context += [*first.tokens[:2], 301]
-    assert cache_length(drafter._cache) == len(context) - 1
+    assert drafter.cached_tokens == len(context) - 1
     second = drafter.propose(3)
     assert second.tokens == greedy_continuation(draft, context, 3)
 
     # full acceptance: the last draft and the bonus token are both pending
     drafter.commit(3, 8)
     context += [*second.tokens, 8]
-    assert cache_length(drafter._cache) == len(context) - 2
+    assert drafter.cached_tokens == len(context) - 2
     assert drafter.propose(2).tokens == greedy_continuation(draft, context, 2)
 
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import time
 
 import pytest
 
@@ -89,3 +90,13 @@ def test_an_unreadable_record_is_skipped(tmp_path):
     (tmp_path / "runs" / "junk").mkdir()
     (tmp_path / "runs" / "junk" / "run.json").write_text("{not json")
     assert [r.run_id for r in list_runs(tmp_path)] == ["20250101-120000-aaaa"]
+
+
+def test_run_ids_made_in_one_second_still_sort_in_start_order():
+    from ipc.records import new_run_id
+
+    ids = []
+    for _ in range(5):
+        ids.append(new_run_id())
+        time.sleep(0.002)
+    assert sorted(ids) == ids and len(set(ids)) == 5

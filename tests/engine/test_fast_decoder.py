@@ -1,0 +1,178 @@
+"""The lean decode path gives transformers' logits, rolls back, and steps aside when unsure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import fast_decoder
+from engine.fast_decoder import HFDecoder, LeanDecoder, lean_unsupported, open_decoder
+from engine.loading import LoadedModel
+from engine.local_drafter import LocalDrafter
+
+VOCAB = 97
+CONTEXT = [3, 41, 7, 88, 15, 60, 2, 33, 71, 9, 50, 12, 64, 27, 5, 80]
+
+
+def llama(**overrides):
+    """A tiny random Llama with grouped-query attention (3 query heads per KV head)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    options = dict(
+        vocab_size=VOCAB,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        initializer_range=0.2,
+    )
+    options.update(overrides)
+    return LlamaForCausalLM(LlamaConfig(**options)).eval()
+
+
+def qwen3(**overrides):
+    """A tiny random Qwen3 (per-head RMSNorm of queries and keys, tied embeddings)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(1)
+    options = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+    )
+    options.update(overrides)
+    return Qwen3ForCausalLM(Qwen3Config(**options)).eval()
+
+
+def mistral(**overrides):
+    """A tiny random Mistral."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(2)
+    options = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+    )
+    options.update(overrides)
+    return MistralForCausalLM(MistralConfig(**options)).eval()
+
+
+def reference_logits(model, context: list[int]) -> torch.Tensor:
+    """transformers' logits at every position of `context`, one forward with no cache."""
+    with torch.inference_mode():
+        return model(torch.tensor([context])).logits[0]
+
+
+def ids(tokens: list[int]) -> torch.Tensor:
+    return torch.tensor(tokens, dtype=torch.long)
+
+
+SUPPORTED = {
+    "llama": lambda: llama(),
+    "llama-bias-tied": lambda: llama(attention_bias=True, tie_word_embeddings=True),
+    "llama-linear-rope": lambda: llama(
+        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}
+    ),
+    "qwen3": lambda: qwen3(),
+    "mistral-no-window": lambda: mistral(sliding_window=None),
+}
+
+
+@pytest.mark.parametrize("name", list(SUPPORTED))
+def test_lean_logits_match_transformers_through_decode_and_rollback(name, monkeypatch):
+    monkeypatch.setattr(fast_decoder, "INITIAL_CAPACITY", 8)  # the cache must grow twice
+    model = SUPPORTED[name]()
+    assert lean_unsupported(model) is None
+    decoder = LeanDecoder(model)
+    close = dict(rtol=1e-4, atol=1e-5)
+    full = reference_logits(model, CONTEXT)
+    with torch.inference_mode():
+        prefill = decoder.forward(ids(CONTEXT[:9]))  # the prompt at once, past the capacity
+        torch.testing.assert_close(prefill, full[:9], **close)
+        for i in range(9, 13):  # single-token decode steps
+            torch.testing.assert_close(decoder.forward(ids([CONTEXT[i]])), full[i : i + 1], **close)
+        assert decoder.length == 13
+
+        decoder.crop(10)  # roll back three tokens, then continue on another branch
+        branch = [*CONTEXT[:10], 90, 1, 44, 70, 8, 19]
+        expected = reference_logits(model, branch)
+        chunk = decoder.forward(ids(branch[10:13]))  # a verification-like chunk
+        torch.testing.assert_close(chunk, expected[10:13], **close)
+        for i in range(13, 16):
+            last = decoder.forward(ids([branch[i]]), last_only=True)
+            torch.testing.assert_close(last, expected[i : i + 1], **close)
+    assert decoder.capacity >= 16
+
+
+UNSUPPORTED = {  # model -> what the refusal names
+    "mistral-window": (lambda: mistral(sliding_window=8), "sliding-window attention"),
+    "qwen3-window": (
+        lambda: qwen3(use_sliding_window=True, sliding_window=8, max_window_layers=1),
+        "sliding-window attention",
+    ),
+    "dynamic-rope": (
+        lambda: llama(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 5e2}),
+        "rope type 'dynamic'",
+    ),
+    "gelu": (lambda: llama(hidden_act="gelu"), "activation"),
+}
+
+
+@pytest.mark.parametrize("name", list(UNSUPPORTED))
+def test_unsupported_configs_fall_back_to_transformers(name):
+    make, reason = UNSUPPORTED[name]
+    model = make()
+    assert reason in (lean_unsupported(model) or "")
+    with pytest.raises(ValueError, match="no lean decode path"):
+        LeanDecoder(model)
+    loaded = LoadedModel(model=model, tokenizer=None, info=None, devices=("cpu",))
+    decoder = open_decoder(loaded)
+    assert isinstance(decoder, HFDecoder)
+    drafter = LocalDrafter(loaded)
+    assert drafter.decode_path == "transformers"
+    drafter.begin(CONTEXT[:6], 0.0, 0)
+    drafter.commit(0, CONTEXT[6])
+    greedy = drafter.propose(3).tokens
+    context = CONTEXT[:7]
+    for token in greedy:  # the fallback drafts what the model itself would
+        assert token == int(torch.argmax(reference_logits(model, context)[-1]))
+        context.append(token)
+
+
+def test_unknown_architecture_is_not_run_lean():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=VOCAB))
+    assert "not a known Llama-style architecture" in lean_unsupported(model.eval())
+
+
+def test_drafter_proposes_the_same_tokens_on_either_path(loaded_pair):
+    _, draft = loaded_pair
+    lean, generic = LocalDrafter(draft), LocalDrafter(draft, lean=False)
+    assert (lean.decode_path, generic.decode_path) == ("lean", "transformers")
+    prompt = [5, 17, 42, 99, 7]
+    for drafter in (lean, generic):
+        drafter.begin(prompt, 0.0, 0)
+        drafter.commit(0, 12)
+    for accepted, bonus in ((1, 301), (4, 8), (0, 44)):
+        first, second = lean.propose(4), generic.propose(4)
+        assert first.tokens == second.tokens
+        lean.commit(accepted, bonus)
+        generic.commit(accepted, bonus)
+        assert lean.cached_tokens == generic.cached_tokens
