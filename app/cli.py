@@ -96,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     name = args.command or "dashboard"
     try:
+        if args.config is not None:  # a named config must be readable, whatever the command
+            from app.config import load_config
+
+            load_config(args.config)
         module = importlib.import_module(f"app.commands.{name}")
         return module.main(args)
     except KeyboardInterrupt:
