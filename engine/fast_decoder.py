@@ -46,8 +46,8 @@ def lean_unsupported(model: Any) -> str | None:
     layer_types = getattr(config, "layer_types", None) or ()
     if any(t != "full_attention" for t in layer_types):
         return f"layer types {sorted(set(layer_types))}"
-    rope = getattr(config, "rope_parameters", None) or {}
-    rope_type = rope.get("rope_type", "default") if isinstance(rope, dict) else None
+    rope = getattr(config, "rope_parameters", None)
+    rope_type = rope.get("rope_type") if isinstance(rope, dict) else None  # None: per layer type
     if rope_type not in STATIC_ROPE_TYPES:
         return f"rope type {rope_type!r}"
     if model.training:
@@ -55,12 +55,8 @@ def lean_unsupported(model: Any) -> str | None:
     devices = {p.device for p in model.parameters()}
     if len(devices) != 1:
         return "the model spans several devices"
-    for layer in model.model.layers:
-        attn = layer.self_attn
-        if not hasattr(attn, "q_norm") and expected_type == "qwen3":
-            return "a Qwen3 layer without q_norm"
-        if any(getattr(attn, n, None) is not None for n in ("sliding_window",)):
-            return "sliding-window attention in a layer"
+    if any(getattr(layer.self_attn, "sliding_window", None) for layer in model.model.layers):
+        return "sliding-window attention in a layer"
     return None
 
 
@@ -111,7 +107,8 @@ class LeanDecoder:
         self.length = 0
         self._keys = self._values = torch.empty(0)
         self._cos = self._sin = torch.empty(0)
-        self._allocate(INITIAL_CAPACITY)
+        with torch.inference_mode():
+            self._allocate(INITIAL_CAPACITY)
 
     @staticmethod
     def _layer(layer: Any) -> _Layer:
@@ -147,9 +144,8 @@ class LeanDecoder:
             values[:, :, : self.length] = self._values[:, :, : self.length]
         self._keys, self._values = keys, values
         positions = torch.arange(capacity, device=self.device).unsqueeze(0)
-        with torch.inference_mode():
-            # the model's own rotary module: every rope type and scaling it knows, exactly
-            cos, sin = self.rotary(self.embed[:1].unsqueeze(0), positions)
+        # the model's own rotary module: every rope type and scaling it knows, exactly
+        cos, sin = self.rotary(self.embed[:1].unsqueeze(0), positions)
         self._cos, self._sin = cos[0], sin[0]
 
     def reset(self) -> None:
@@ -162,6 +158,7 @@ class LeanDecoder:
             raise ValueError(f"cannot keep {keep} tokens of a cache holding {self.length}")
         self.length = keep
 
+    @torch.inference_mode()
     def forward(self, token_ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """Logits [n or 1, vocab] for n new tokens (a 1-D tensor), which join the cache."""
         n = token_ids.shape[0]
