@@ -58,7 +58,7 @@ class DashboardApp(App):
         return self._main
 
     def on_mount(self) -> None:
-        self.sampler.start()
+        self.call_after_refresh(self.sampler.start)  # its thread would slow the first frame
         self.theme_changed_signal.subscribe(self, self._remember_theme)
 
     def on_unmount(self) -> None:

@@ -10,6 +10,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.geometry import Size
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Header, Input, Static
@@ -86,6 +87,8 @@ class MainScreen(Screen):
         self.throughput = ThroughputFigures()
 
     def compose(self) -> ComposeResult:
+        # the breakpoint classes of the size we open at, so the first resize restyles nothing
+        self.set_classes(self.size_classes(self.app.size))
         yield Header(show_clock=False)
         with Horizontal(id="body"):
             with VerticalScroll(id="sidebar"):
@@ -121,7 +124,7 @@ class MainScreen(Screen):
             self.query_one(selector).border_title = title
         self.query_one(RolePalette).selected = self.board.selected
         if self.models is None:
-            self._load_catalog()
+            self.call_after_refresh(self._load_catalog)  # the scan waits for the first frame
         else:
             self._catalog_loaded(self.models)
         log = self.query_one(EventLog)
@@ -130,6 +133,16 @@ class MainScreen(Screen):
             log.add(f"{u.backend} unavailable: {u.reason}", level="debug")
         self.refresh_telemetry()
         self.set_interval(self.refresh_s, self.refresh_telemetry)
+
+    def size_classes(self, size: Size) -> list[str]:
+        """The breakpoint classes Textual gives this screen at `size`."""
+        return [
+            next(name for edge, name in sorted(points, reverse=True) if dimension >= edge)
+            for points, dimension in (
+                (self.HORIZONTAL_BREAKPOINTS, size.width),
+                (self.VERTICAL_BREAKPOINTS, size.height),
+            )
+        ]
 
     # -- catalog -------------------------------------------------------------------------
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from textual.app import ComposeResult
-from textual.containers import Vertical
 from textual.reactive import reactive
-from textual.widgets import Static
+from textual.widget import Widget
 
-from app.widgets.figures import NA, bar, number, percent
-from app.widgets.spark import Spark
+from app.widgets.figures import MUTED, NA, bar, number, percent
+from app.widgets.spark import spark_text
 
 HISTORY = 240  # steps of AL history kept for the sparkline
 POSITION_ROWS = 5  # per-position bars that fit the pane in one column
@@ -48,24 +46,22 @@ class AcceptanceFigures:
         )
 
 
-class AcceptancePane(Vertical):
-    """Acceptance length and rate as the run goes on."""
+class AcceptancePane(Widget):
+    """Acceptance length and rate as the run goes on (one widget drawing every line)."""
 
     figures: reactive[AcceptanceFigures] = reactive(AcceptanceFigures, init=False)
 
-    def compose(self) -> ComposeResult:
-        yield Static(self._headline(), classes="acceptance-figures")
-        yield Static("AL history", classes="pane-label")
-        yield Spark(ceiling=None, classes="acceptance-history")
-        yield Static("per-position acceptance", classes="pane-label")
-        yield Static(self._positions(), classes="acceptance-positions")
-
-    def watch_figures(self, figures: AcceptanceFigures) -> None:
-        self.query_one(".acceptance-figures", Static).update(self._headline())
-        spark = self.query_one(".acceptance-history", Spark)
-        spark.ceiling = float((figures.k or max(figures.history, default=1)) + 1)
-        spark.data = tuple(float(v) for v in figures.history)
-        self.query_one(".acceptance-positions", Static).update(self._positions())
+    def render(self) -> str:
+        f = self.figures
+        ceiling = float((f.k or max(f.history, default=1)) + 1)
+        history = spark_text([float(v) for v in f.history], self.content_size.width, ceiling)
+        return (
+            f"{self._headline()}\n"
+            f"[{MUTED}]AL history[/]\n"
+            f"[$chart-acceptance]{history}[/]\n"
+            f"[{MUTED}]per-position acceptance[/]\n"
+            f"[$chart-acceptance]{self._positions()}[/]"
+        )
 
     def _headline(self) -> str:
         f = self.figures

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, Horizontal, VerticalScroll
+from textual.containers import Grid, VerticalScroll
 from textual.markup import escape
 from textual.message import Message
 from textual.reactive import reactive
-from textual.widget import Widget
 from textual.widgets import Static
 
 from app.widgets.drag import Draggable, DropTarget
@@ -62,20 +61,45 @@ class RemoveRequested(Message):
         self.device_id = device_id
 
 
-class CardTelemetry(Widget):
-    """Memory bar, utilization sparkline, power and temperature: one widget, three lines."""
+class DeviceCard(DropTarget, can_focus=True):
+    """One discovered device and what is placed on it.
 
-    DEFAULT_CSS = "CardTelemetry { height: 3; }"
+    The card draws its head and telemetry itself (one widget, no per-second relayout); only
+    the roles placed on it are child widgets, because they can be dragged.
+    """
 
+    BINDINGS = [
+        Binding("enter,space", "place", "Place chip"),
+        Binding("delete,backspace,x", "remove", "Remove role"),
+        Binding("left", "move(-1)", "Prev card", key_display="←"),
+        Binding("right", "move(1)", "Next card", key_display="→"),
+        Binding("up", "move_row(-1)", "Card above", show=False),
+        Binding("down", "move_row(1)", "Card below", show=False),
+    ]
+
+    roles: reactive[tuple[RoleOnCard, ...]] = reactive((), init=False)
     sample: reactive[Sample | None] = reactive(None)
     utilization: reactive[tuple[float, ...]] = reactive(())
 
-    def __init__(self, device: Device, **kw) -> None:
-        super().__init__(**kw)
+    def __init__(self, device: Device) -> None:
+        super().__init__(id=card_dom_id(device.id), classes=f"-{device.backend}")
         self.device = device
+        self.drop_id = device.id
+        self.border_title = device.id
 
     def render(self) -> str:
-        return "\n".join((self.memory_text(), self.utilization_text(), self.power_text()))
+        return "\n".join(
+            (self.head_text(), self.memory_text(), self.utilization_text(), self.power_text())
+        )
+
+    def head_text(self) -> str:
+        """Vendor badge, SIM badge, device name."""
+        d = self.device
+        badge = BADGES.get(d.backend, d.backend.upper())
+        head = f"[on $badge-{d.backend} $badge-text b] {badge} [/] "
+        if d.simulated:
+            head += "[on $badge-sim $badge-text b] SIM [/] "
+        return head + escape(d.name)
 
     def memory_text(self) -> str:
         """mem ████░░ used/total GiB."""
@@ -88,7 +112,7 @@ class CardTelemetry(Widget):
     def utilization_text(self) -> str:
         """util ▁▂▅ 45%."""
         util = None if self.sample is None else self.sample.utilization_percent
-        width = max(0, self.size.width - 11)
+        width = max(0, self.content_size.width - 11)
         spark = spark_text(list(self.utilization), width, 100.0)
         return f"util [$chart-utilization]{spark}[/] {number(util, '.0f', '%'):>5}"
 
@@ -103,47 +127,14 @@ class CardTelemetry(Widget):
         unit = " W" if s.power_watts is not None else ""
         return f"power {power}{unit}  temp {number(s.temperature_c, '.0f', ' °C')}"
 
-
-class DeviceCard(DropTarget, can_focus=True):
-    """One discovered device and what is placed on it."""
-
-    BINDINGS = [
-        Binding("enter,space", "place", "Place chip"),
-        Binding("delete,backspace,x", "remove", "Remove role"),
-        Binding("left", "move(-1)", "Prev card", key_display="←"),
-        Binding("right", "move(1)", "Next card", key_display="→"),
-        Binding("up", "move_row(-1)", "Card above", show=False),
-        Binding("down", "move_row(1)", "Card below", show=False),
-    ]
-
-    roles: reactive[tuple[RoleOnCard, ...]] = reactive((), init=False)
-
-    def __init__(self, device: Device) -> None:
-        super().__init__(id=card_dom_id(device.id), classes=f"-{device.backend}")
-        self.device = device
-        self.drop_id = device.id
-        self.border_title = device.id
-
-    def compose(self) -> ComposeResult:
-        d = self.device
-        badge = BADGES.get(d.backend, d.backend.upper())
-        head = f"[on $badge-{d.backend} $badge-text b] {badge} [/] "
-        if d.simulated:
-            head += "[on $badge-sim $badge-text b] SIM [/] "
-        yield Static(head + escape(d.name), classes="card-head")
-        yield CardTelemetry(d, classes="card-telemetry")
-        yield Horizontal(classes="card-roles")
-
     def show(self, sample: Sample | None, utilization: tuple[float, ...]) -> None:
         """Draw the latest reading and the utilization history."""
-        telemetry = self.query_one(CardTelemetry)
-        telemetry.sample = sample
-        telemetry.utilization = utilization
+        self.sample = sample
+        self.utilization = utilization
 
     async def watch_roles(self, roles: tuple[RoleOnCard, ...]) -> None:
-        holder = self.query_one(".card-roles", Horizontal)
-        await holder.remove_children()
-        await holder.mount_all(
+        await self.remove_children(PlacedRole)
+        await self.mount_all(
             PlacedRole(r.label, r.role, source=self.device.id, classes=f"placed -{r.role}")
             for r in roles
         )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 NA = "n/a"
+# the style of $text-muted for markup, which drops the alpha of that variable
+MUTED = "auto 60%"
 
 
 def gib(value: int | None) -> str:

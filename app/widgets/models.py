@@ -4,6 +4,7 @@ a badge saying whether the draft's tokenizer matches the target's."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from textual import on
 from textual.app import ComposeResult
@@ -12,7 +13,9 @@ from textual.message import Message
 from textual.widgets import Select, Static
 
 from app.widgets.figures import NA, size
-from engine.catalog import ModelInfo
+
+if TYPE_CHECKING:  # the catalog module loads with its scan, after the first frame
+    from engine.catalog import ModelInfo
 
 
 def parameters_text(count: int | None) -> str:

@@ -1,10 +1,7 @@
-"""A sparkline on a fixed scale (Textual's own scales to min–max, so a flat 90 % looks empty)."""
+"""Sparklines drawn as text on a fixed scale (Textual's Sparkline scales to min–max, so a
+flat 90 % would look empty)."""
 
 from __future__ import annotations
-
-from rich.text import Text
-from textual.reactive import reactive
-from textual.widget import Widget
 
 BARS = " ▁▂▃▄▅▆▇█"
 
@@ -18,18 +15,3 @@ def spark_text(values: list[float], width: int, ceiling: float | None) -> str:
         level = round(min(max(v / top, 0.0), 1.0) * (len(BARS) - 1))
         cells.append(BARS[max(level, 1)])  # a lowest bar shows the sample exists
     return "".join(cells).rjust(width)
-
-
-class Spark(Widget):
-    """One line of bars, newest on the right; `ceiling` None scales to the data's maximum."""
-
-    DEFAULT_CSS = "Spark { height: 1; }"
-
-    data: reactive[tuple[float, ...]] = reactive(())
-
-    def __init__(self, ceiling: float | None = 100.0, **kw) -> None:
-        super().__init__(**kw)
-        self.ceiling = ceiling
-
-    def render(self) -> Text:
-        return Text(spark_text(list(self.data), self.size.width, self.ceiling))

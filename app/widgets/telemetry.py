@@ -6,10 +6,9 @@ from collections.abc import Sequence
 
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
-from textual.reactive import reactive
 from textual.widget import Widget
-from textual.widgets import Static
 
+from app.widgets.figures import MUTED
 from app.widgets.spark import spark_text
 from backends.base import Device, Sample
 
@@ -30,24 +29,31 @@ def memory_series(samples: Sequence[Sample]) -> list[float]:
     ]
 
 
-class HistoryRow(Widget):
-    """One device: its id, utilization and memory over time (0–100 %)."""
+class HistoryChart(Widget):
+    """A head line, then one line a device: its id, utilization and memory (0–100 %)."""
 
-    DEFAULT_CSS = "HistoryRow { height: 1; }"
+    DEFAULT_CSS = "HistoryChart { height: auto; }"
 
-    utilization: reactive[tuple[float, ...]] = reactive(())
-    memory: reactive[tuple[float, ...]] = reactive(())
-
-    def __init__(self, device_id: str, **kw) -> None:
+    def __init__(self, device_ids: Sequence[str], **kw) -> None:
         super().__init__(**kw)
-        self.device_id = device_id
+        # device id -> (utilization, memory) series, oldest first
+        self.series: dict[str, tuple[list[float], list[float]]] = {d: ([], []) for d in device_ids}
 
     def render(self) -> str:
-        width = max(0, (self.size.width - ID_WIDTH - 2) // 2)
-        util = spark_text(list(self.utilization), width, 100.0)
-        mem = spark_text(list(self.memory), width, 100.0)
-        name = self.device_id[:ID_WIDTH].ljust(ID_WIDTH)
-        return f"{name} [$chart-utilization]{util}[/] [$chart-memory]{mem}[/]"
+        width = max(0, (self.content_size.width - ID_WIDTH - 2) // 2)
+        lines = [f"[{MUTED}]{'device':{ID_WIDTH}} util %  ·  memory %[/]"]
+        for device_id, (util, mem) in self.series.items():
+            name = device_id[:ID_WIDTH].ljust(ID_WIDTH)
+            lines.append(
+                f"{name} [$chart-utilization]{spark_text(util, width, 100.0)}[/] "
+                f"[$chart-memory]{spark_text(mem, width, 100.0)}[/]"
+            )
+        return "\n".join(lines)
+
+    def show(self, device_id: str, samples: Sequence[Sample]) -> None:
+        """Draw one device's history (oldest first)."""
+        self.series[device_id] = (utilization_series(samples), memory_series(samples))
+        self.refresh()
 
 
 class DeviceHistory(VerticalScroll):
@@ -58,13 +64,8 @@ class DeviceHistory(VerticalScroll):
         self.devices = tuple(devices)
 
     def compose(self) -> ComposeResult:
-        yield Static(f"{'device':{ID_WIDTH}} util %  ·  memory %", classes="history-head")
-        for device in self.devices:
-            yield HistoryRow(device.id)
+        yield HistoryChart([d.id for d in self.devices])
 
     def show(self, device_id: str, samples: Sequence[Sample]) -> None:
         """Draw one device's history (oldest first)."""
-        for row in self.query(HistoryRow):
-            if row.device_id == device_id:
-                row.utilization = tuple(utilization_series(samples))
-                row.memory = tuple(memory_series(samples))
+        self.query_one(HistoryChart).show(device_id, samples)

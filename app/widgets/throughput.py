@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from textual.app import ComposeResult
-from textual.containers import Vertical
 from textual.reactive import reactive
-from textual.widgets import Static
+from textual.widget import Widget
 
 from app.widgets.figures import NA, number
-from app.widgets.spark import Spark
+from app.widgets.spark import spark_text
 from engine.metrics import speedup
 
 SPLIT_WIDTH = 22
@@ -67,20 +65,14 @@ def split_bar(draft_s: float, verify_s: float, transport_s: float, width: int) -
     return f"[$role-draft]{'█' * d}[/][$role-target]{'█' * v}[/][$chart-low]{'█' * t}[/]"
 
 
-class ThroughputPane(Vertical):
-    """Decode throughput and the time split of a step."""
+class ThroughputPane(Widget):
+    """Decode throughput and the time split of a step (one widget drawing every line)."""
 
     figures: reactive[ThroughputFigures] = reactive(ThroughputFigures, init=False)
 
-    def compose(self) -> ComposeResult:
-        yield Static(self._headline(), classes="throughput-figures")
-        yield Spark(ceiling=None, classes="throughput-history")
-        yield Static(self._split(), classes="throughput-split")
-
-    def watch_figures(self, figures: ThroughputFigures) -> None:
-        self.query_one(".throughput-figures", Static).update(self._headline())
-        self.query_one(".throughput-history", Spark).data = figures.history
-        self.query_one(".throughput-split", Static).update(self._split())
+    def render(self) -> str:
+        history = spark_text(list(self.figures.history), self.content_size.width, None)
+        return f"{self._headline()}\n[$chart-acceptance]{history}[/]\n\n{self._split()}"
 
     def _headline(self) -> str:
         f = self.figures

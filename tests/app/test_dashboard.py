@@ -4,9 +4,11 @@ import json
 import subprocess
 import sys
 
+from textual.content import Content
+
 from app.screens.main import RunEventArrived
 from app.widgets.acceptance import AcceptancePane
-from app.widgets.devices import CardTelemetry, DeviceCard, PlacedRole
+from app.widgets.devices import DeviceCard, PlacedRole
 from app.widgets.models import ModelsPanel
 from app.widgets.throughput import ThroughputPane
 from tests.app.dashboard_fakes import MODELS, make_app
@@ -120,15 +122,15 @@ async def test_cards_show_telemetry_and_na_for_what_is_not_reported():
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
 
-        def telemetry(device_id: str) -> CardTelemetry:
-            return app.screen.query_one(f"#card-{device_id.replace(':', '-')} CardTelemetry")
+        def telemetry(device_id: str) -> DeviceCard:
+            return app.screen.query_one(f"#card-{device_id.replace(':', '-')}", DeviceCard)
 
         assert telemetry("cpu").power_text() == "power n/a  temp n/a"
         assert telemetry("sim-cuda:0").power_text() == "power 120/700 W  temp 45 °C"
         assert "79.0/80.0 GiB" in telemetry("sim-cuda:1").memory_text()
         assert telemetry("sim-cuda:0").utilization_text().endswith("%")
-        head = str(app.screen.query_one("#card-sim-hip-0 .card-head").render())
-        assert "HIP" in head and "SIM" in head
+        head = str(Content.from_markup(telemetry("sim-hip:0").render())).splitlines()[0]
+        assert "HIP" in head and "SIM" in head and "MI300X" in head
 
 
 async def test_models_panel_shows_facts_and_the_tokenizer_badge():
@@ -184,9 +186,9 @@ async def test_run_events_fill_the_acceptance_and_throughput_panes():
             )
         screen.post_message(RunEventArrived(DoneEvent({"baseline": {"decode_tokens_per_s": 60.0}})))
         await pilot.pause()
-        acceptance = str(screen.query_one(AcceptancePane).query_one(".acceptance-figures").render())
+        acceptance = str(Content.from_markup(screen.query_one(AcceptancePane).render()))
         assert "AL last 6" in acceptance and "5.00" in acceptance and "80%" in acceptance
-        throughput = str(screen.query_one(ThroughputPane).query_one(".throughput-figures").render())
+        throughput = str(Content.from_markup(screen.query_one(ThroughputPane).render()))
         assert "mean 120.0" in throughput and "2.00×" in throughput
         assert " x x" in screen.query_one("#output").text
 

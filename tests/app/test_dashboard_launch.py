@@ -4,6 +4,7 @@ import time
 
 import psutil
 import pytest
+from textual.content import Content
 
 from app.config import load_config
 from app.widgets.acceptance import AcceptancePane
@@ -45,7 +46,7 @@ async def test_launching_the_demo_pair_fills_the_panes_and_quit_stops_the_daemon
             if screen.handle is not None:
                 pids |= set(screen.handle.pids.values())
         assert screen.acceptance.mean_al is not None, [n.message for n in app._notifications]
-        figures = str(screen.query_one(AcceptancePane).query_one(".acceptance-figures").render())
+        figures = str(Content.from_markup(screen.query_one(AcceptancePane).render()))
         assert "mean AL n/a" not in figures
         assert screen.throughput.now is not None
         assert screen.query_one("#output").text
