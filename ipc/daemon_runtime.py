@@ -180,6 +180,38 @@ def torch_problem(spec: DaemonSpec) -> str | None:
     return None
 
 
+def open_daemon(spec: DaemonSpec) -> tuple[Telemetry, zmq.Socket]:
+    """Watch the parent, open telemetry and the control socket, and say the model is loading."""
+    watch_parent(spec.parent_pid, spec.pdeathsig)
+    ctx = zmq.Context()
+    telemetry = Telemetry(ctx, spec.telemetry_endpoint, spec.role, spec.heartbeat_s)
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.bind(spec.control_endpoint)
+    telemetry.status("loading", f"loading {spec.model} on {', '.join(spec.device_ids)}")
+    problem = torch_problem(spec)
+    if problem:
+        start_failed(spec, telemetry, RuntimeError(problem))
+        raise DaemonStartError(problem)
+    return telemetry, sock
+
+
+def start_failed(spec: DaemonSpec, telemetry: Telemetry, exc: BaseException) -> int:
+    """Tell stderr and the supervisor, in one line, why the daemon could not start; return 1."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    print(f"specdeck {spec.role} daemon: {text}", file=sys.stderr)
+    telemetry.error("start", text)
+    telemetry.close()
+    return 1
+
+
+def close_daemon(telemetry: Telemetry, sock: zmq.Socket) -> None:
+    """Say the daemon stopped and close its sockets."""
+    telemetry.status("stopped")
+    telemetry.close()
+    sock.close()
+
+
 def serve_error(sock: zmq.Socket, ident: bytes, code: str, text: str, msg_id: int, role: str):
     """Answer one request with an `error` reply."""
     sock.send_multipart([ident, *codec.error_frames(code, text, msg_id, role)])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -14,7 +13,14 @@ import zmq
 
 from engine.drafter import Drafter
 from ipc import codec
-from ipc.daemon_runtime import DaemonSpec, Telemetry, torch_build, torch_problem, watch_parent
+from ipc.daemon_runtime import (
+    DaemonSpec,
+    DaemonStartError,
+    close_daemon,
+    open_daemon,
+    start_failed,
+    torch_build,
+)
 
 MAX_K = 64
 
@@ -156,30 +162,18 @@ def load_drafter(model: str, torch_devices: tuple[str, ...], trust_remote_code: 
 
 def main(spec: DaemonSpec) -> int:
     """Run the draft daemon until shutdown; 1 with a one-line error when it cannot start."""
-    watch_parent(spec.parent_pid, spec.pdeathsig)
-    ctx = zmq.Context()
-    telemetry = Telemetry(ctx, spec.telemetry_endpoint, spec.role, spec.heartbeat_s)
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 1000)
-    sock.bind(spec.control_endpoint)
-    telemetry.status("loading", f"loading {spec.model} on {', '.join(spec.device_ids)}")
     try:
-        problem = torch_problem(spec)
-        if problem:
-            raise RuntimeError(problem)
+        telemetry, sock = open_daemon(spec)
+    except DaemonStartError:
+        return 1
+    try:
         drafter, loaded = load_drafter(spec.model, spec.torch_devices, spec.trust_remote_code)
     except Exception as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"specdeck draft daemon: {text}", file=sys.stderr)
-        telemetry.error("start", text)
-        telemetry.close()
-        return 1
+        return start_failed(spec, telemetry, exc)
     daemon = DraftDaemon(drafter, model_facts(loaded, spec), spec.role)
     daemon.vocab_size = getattr(loaded.model.config, "vocab_size", None)
     telemetry.status("ready", f"{daemon.welcome['model']} on {', '.join(spec.device_ids)}")
     daemon.serve(sock)
     drafter.close()
-    telemetry.status("stopped")
-    telemetry.close()
-    sock.close()
+    close_daemon(telemetry, sock)
     return 0

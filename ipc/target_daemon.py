@@ -14,7 +14,14 @@ import zmq
 from engine.drafter import Drafter
 from engine.metrics import StepRecord, speedup
 from ipc import codec
-from ipc.daemon_runtime import DaemonSpec, Telemetry, torch_problem, watch_parent
+from ipc.daemon_runtime import (
+    DaemonSpec,
+    DaemonStartError,
+    Telemetry,
+    close_daemon,
+    open_daemon,
+    start_failed,
+)
 from ipc.draft_daemon import load_drafter, model_facts
 from ipc.remote_drafter import DraftLinkError, RemoteDrafter
 
@@ -250,17 +257,11 @@ def _connect_draft(spec: DaemonSpec, target_fingerprint: str | None) -> RemoteDr
 
 def main(spec: DaemonSpec) -> int:
     """Run the target daemon until shutdown; 1 with a one-line error when it cannot start."""
-    watch_parent(spec.parent_pid, spec.pdeathsig)
-    ctx = zmq.Context()
-    telemetry = Telemetry(ctx, spec.telemetry_endpoint, spec.role, spec.heartbeat_s)
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 1000)
-    sock.bind(spec.control_endpoint)
-    telemetry.status("loading", f"loading {spec.model} on {', '.join(spec.device_ids)}")
     try:
-        problem = torch_problem(spec)
-        if problem:
-            raise RuntimeError(problem)
+        telemetry, sock = open_daemon(spec)
+    except DaemonStartError:
+        return 1
+    try:
         from engine.catalog import resolve_model
         from engine.loading import load_model
 
@@ -276,16 +277,10 @@ def main(spec: DaemonSpec) -> int:
                 spec.draft_model, spec.draft_torch_devices, spec.draft_trust_remote_code
             )
     except Exception as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"specdeck target daemon: {text}", file=sys.stderr)
-        telemetry.error("start", text)
-        telemetry.close()
-        return 1
+        return start_failed(spec, telemetry, exc)
     daemon = TargetDaemon(target, drafter, telemetry, sock, model_facts(target, spec))
     telemetry.status("ready", f"{daemon.welcome['model']} on {', '.join(spec.device_ids)}")
     daemon.serve()
     drafter.close()
-    telemetry.status("stopped")
-    telemetry.close()
-    sock.close()
+    close_daemon(telemetry, sock)
     return 0
