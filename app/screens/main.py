@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +85,8 @@ class MainScreen(Screen):
         self.daemons: dict[str, tuple[int, tuple[str, ...]]] = {}  # role -> (pid, device ids)
         self.acceptance = AcceptanceFigures()
         self.throughput = ThroughputFigures()
+        self._filled = False  # the parts mounted after the first frame are there
+        self._after_fill: list[Callable[[], object]] = []
 
     def compose(self) -> ComposeResult:
         # the breakpoint classes of the size we open at, so the first resize restyles nothing
@@ -99,40 +101,72 @@ class MainScreen(Screen):
             with Vertical(id="main"):
                 unavailable = [f"{u.backend}: {u.reason}" for u in self.inventory.unavailable]
                 yield DeviceGrid(self.inventory.devices, unavailable, id="devices")
-                with Horizontal(id="live"):
-                    yield DeviceHistory(self.inventory.devices, id="history")
-                    yield AcceptancePane(id="acceptance")
-                    yield ThroughputPane(id="throughput")
-                with Horizontal(id="bottom"):
-                    yield OutputPane(id="output")
-                    yield EventLog(id="log")
+                # the live panes, the log, the inputs and pickers come after the first frame
+                yield Horizontal(id="live")
+                yield Horizontal(id="bottom")
         yield Footer()
 
     def on_mount(self) -> None:
-        titles = {
-            "#models": "Models",
-            "#palette": "Roles: drag, or t/d + enter",
-            "#controls": "Run",
-            "#devices": "Devices",
-            "#history": "Device history",
-            "#acceptance": "Acceptance",
-            "#throughput": "Throughput",
-            "#output": "Output",
-            "#log": "Log",
-        }
-        for selector, title in titles.items():
-            self.query_one(selector).border_title = title
+        self._set_titles(
+            {
+                "#models": "Models",
+                "#palette": "Roles: drag, or t/d + enter",
+                "#controls": "Run",
+                "#devices": "Devices",
+            }
+        )
         self.query_one(RolePalette).selected = self.board.selected
         if self.models is None:
             self.call_after_refresh(self._load_catalog)  # the scan waits for the first frame
         else:
             self._catalog_loaded(self.models)
+        self.refresh_telemetry()
+        self.set_interval(self.refresh_s, self.refresh_telemetry)
+        self.call_after_refresh(self._fill)
+
+    async def _fill(self) -> None:
+        """Mount what the first frame need not wait for: live panes, log, inputs, pickers."""
+        await self.query_one("#live", Horizontal).mount_all(
+            [
+                DeviceHistory(self.inventory.devices, id="history"),
+                AcceptancePane(id="acceptance"),
+                ThroughputPane(id="throughput"),
+            ]
+        )
+        await self.query_one("#bottom", Horizontal).mount_all(
+            [OutputPane(id="output"), EventLog(id="log")]
+        )
+        await self.query_one(ModelsPanel).fill()
+        await self.query_one(RunControls).fill()
+        self._set_titles(
+            {
+                "#history": "Device history",
+                "#acceptance": "Acceptance",
+                "#throughput": "Throughput",
+                "#output": "Output",
+                "#log": "Log",
+            }
+        )
         log = self.query_one(EventLog)
         log.add(f"{len(self.inventory.devices)} device(s) found")
         for u in self.inventory.unavailable:
             log.add(f"{u.backend} unavailable: {u.reason}", level="debug")
+        self._filled = True
         self.refresh_telemetry()
-        self.set_interval(self.refresh_s, self.refresh_telemetry)
+        for callback in self._after_fill:
+            callback()
+        self._after_fill.clear()
+
+    def _when_filled(self, callback: Callable[[], object]) -> None:
+        """Run `callback` now, or once the parts mounted after the first frame are there."""
+        if self._filled:
+            callback()
+        else:
+            self._after_fill.append(callback)
+
+    def _set_titles(self, titles: dict[str, str]) -> None:
+        for selector, title in titles.items():
+            self.query_one(selector).border_title = title
 
     def size_classes(self, size: Size) -> list[str]:
         """The breakpoint classes Textual gives this screen at `size`."""
@@ -179,7 +213,7 @@ class MainScreen(Screen):
     def refresh_telemetry(self) -> None:
         """Show the sampler's latest readings on every card and in the history pane."""
         grid = self.query_one(DeviceGrid)
-        history = self.query_one(DeviceHistory)
+        history = self.query_one(DeviceHistory) if self._filled else None
         free: dict[str, int | None] = {}
         for device in self.inventory.devices:
             samples = self.sampler.history(device.id)
@@ -189,7 +223,8 @@ class MainScreen(Screen):
             if card is None:
                 continue
             card.show(latest, tuple(utilization_series(samples)))
-            history.show(device.id, samples)
+            if history is not None:
+                history.show(device.id, samples)
             card.roles = self._roles_on(device.id, latest)
         self.board = self.board.with_free(free)
         if self.handle is not None and getattr(self.handle, "finished", False):
@@ -230,7 +265,8 @@ class MainScreen(Screen):
                 self.board = self.board.move(role, source, device_id)
         except PlacementError as exc:
             self.notify(str(exc), title=f"{CHIP_LABELS[role]} not placed", severity="error")
-            self.query_one(EventLog).add(f"{role} refused on {device_id}: {exc}", "warning")
+            line = f"{role} refused on {device_id}: {exc}"
+            self._when_filled(lambda: self.query_one(EventLog).add(line, "warning"))
             return False
         self._show_board()
         return True
@@ -298,13 +334,13 @@ class MainScreen(Screen):
     # -- run controls --------------------------------------------------------------------
 
     def action_edit_prompt(self) -> None:
-        self.query_one("#prompt", Input).focus()
+        self._when_filled(lambda: self.query_one("#prompt", Input).focus())
 
     def action_edit_k(self) -> None:
-        self.query_one("#k", Input).focus()
+        self._when_filled(lambda: self.query_one("#k", Input).focus())
 
     def action_toggle_baseline(self) -> None:
-        self.query_one("#baseline", Checkbox).toggle()
+        self._when_filled(lambda: self.query_one("#baseline", Checkbox).toggle())
 
     def action_runs(self) -> None:
         from app.screens.runs import RunsScreen
@@ -325,6 +361,9 @@ class MainScreen(Screen):
 
     def action_launch(self) -> None:
         """Check everything the user chose, then start the run through the daemons."""
+        self._when_filled(self._launch)
+
+    def _launch(self) -> None:
         if self.handle is not None:
             self.notify("a run is already going on; stop it first", severity="warning")
             return
@@ -431,7 +470,9 @@ class MainScreen(Screen):
 
     @on(RunEventArrived)
     def _on_run_event(self, message: RunEventArrived) -> None:
-        event = message.event
+        self._when_filled(lambda: self._show_event(message.event))
+
+    def _show_event(self, event: Any) -> None:
         kind = type(event).__name__
         log = self.query_one(EventLog)
         if kind == "StepEvent":

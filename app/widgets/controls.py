@@ -55,7 +55,11 @@ def parse_options(
 class RunControls(Vertical):
     """The options of the next run and the launch and stop buttons."""
 
-    def compose(self) -> ComposeResult:
+    async def fill(self) -> None:
+        """Mount the inputs and buttons; the screen does it after the first frame."""
+        await self.mount_compose(self._parts())
+
+    def _parts(self) -> ComposeResult:
         yield Static("prompt", classes="pane-label")
         yield Input(DEFAULT_PROMPT, id="prompt", placeholder="prompt text", compact=True)
         with Horizontal(classes="option-row"):

@@ -65,27 +65,43 @@ class ModelsPanel(Vertical):
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         self.models: tuple[ModelInfo, ...] = ()
+        self._chosen: dict[str, int | None] = {"target": None, "draft": None}
+        self._filled = False
 
     def compose(self) -> ComposeResult:
-        yield Static("target", classes="pane-label")
-        yield Select([], prompt="target model", id="pick-target", compact=True)
-        yield Static(model_facts(None), id="facts-target", classes="model-facts")
-        yield Static("draft", classes="pane-label")
-        yield Select([], prompt="draft model", id="pick-draft", compact=True)
-        yield Static(model_facts(None), id="facts-draft", classes="model-facts")
+        # a one-line slot holds each picker's place until fill() mounts it: Select is slow
+        for role in ("target", "draft"):
+            yield Static(role, classes="pane-label")
+            yield Static("", id=f"slot-{role}", classes="picker-slot")
+            yield Static(model_facts(None), id=f"facts-{role}", classes="model-facts")
         yield Static("catalog loading…", id="tokenizer-badge", classes="badge-line -unknown")
+
+    async def fill(self) -> None:
+        """Put the pickers in their slots; the screen does it after the first frame."""
+        models, options = self.models, self._options()
+        with self.app.batch_update():
+            for role in ("target", "draft"):
+                slot = self.query_one(f"#slot-{role}", Static)
+                chosen = self._chosen[role]
+                picker = Select(
+                    options,
+                    prompt=f"{role} model",
+                    value=Select.NULL if chosen is None else chosen,
+                    id=f"pick-{role}",
+                    compact=True,
+                )
+                await self.mount(picker, before=slot)
+                await slot.remove()
+        self._filled = True
+        if self.models != models:  # the catalog came while the pickers were being mounted
+            self._show_choices()
 
     def set_models(self, models: Sequence[ModelInfo]) -> None:
         """Fill both pickers; the bundled demo pair (or the first two models) is preselected."""
         self.models = tuple(models)
-        options = [(self._label(m), i) for i, m in enumerate(self.models)]
-        for picker in self.query(Select):
-            picker.set_options(options)
-        target, draft = self._defaults()
-        if target is not None:
-            self.query_one("#pick-target", Select).value = target
-        if draft is not None:
-            self.query_one("#pick-draft", Select).value = draft
+        self._chosen = dict(zip(("target", "draft"), self._defaults(), strict=True))
+        if self._filled:
+            self._show_choices()
         self._refresh()
         if not self.models:
             self.query_one("#tokenizer-badge", Static).update(
@@ -95,22 +111,36 @@ class ModelsPanel(Vertical):
     @property
     def target(self) -> ModelInfo | None:
         """The chosen target model."""
-        return self._chosen("#pick-target")
+        return self._model("target")
 
     @property
     def draft(self) -> ModelInfo | None:
         """The chosen draft model."""
-        return self._chosen("#pick-draft")
+        return self._model("draft")
 
     @on(Select.Changed)
     def _changed(self, event: Select.Changed) -> None:
         event.stop()
+        role = (event.select.id or "").removeprefix("pick-")
+        value = event.select.value  # not event.value: a stale event must not undo a later pick
+        self._chosen[role] = value if isinstance(value, int) else None
         self._refresh()
         self.post_message(ModelsChosen(self.target, self.draft))
 
-    def _chosen(self, selector: str) -> ModelInfo | None:
-        value = self.query_one(selector, Select).value
-        return self.models[value] if isinstance(value, int) else None
+    def _show_choices(self) -> None:
+        options = self._options()
+        for role in ("target", "draft"):
+            picker = self.query_one(f"#pick-{role}", Select)
+            picker.set_options(options)
+            if self._chosen[role] is not None:
+                picker.value = self._chosen[role]
+
+    def _model(self, role: str) -> ModelInfo | None:
+        index = self._chosen[role]
+        return self.models[index] if index is not None and index < len(self.models) else None
+
+    def _options(self) -> list[tuple[str, int]]:
+        return [(self._label(m), i) for i, m in enumerate(self.models)]
 
     def _refresh(self) -> None:
         self.query_one("#facts-target", Static).update(model_facts(self.target))

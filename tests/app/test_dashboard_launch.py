@@ -34,8 +34,10 @@ async def test_launching_the_demo_pair_fills_the_panes_and_quit_stops_the_daemon
     app = DashboardApp(load_config(), inventory, sampler, refresh_s=0.25)
     pids: set[int] = set()
     async with app.run_test(size=(160, 48)) as pilot:
-        await pilot.pause(0.5)
         screen = app.screen
+        deadline = time.monotonic() + 10  # the catalog scan runs after the first frame
+        while time.monotonic() < deadline and screen.query_one("#models").target is None:
+            await pilot.pause(0.1)
         assert screen.query_one("#models").target.bundled
         screen.query_one("#max-new-tokens").value = "400"  # long enough to quit mid-run
         # target on sim-cuda:0, draft on sim-hip:0: a split run over two daemons
