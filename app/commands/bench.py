@@ -194,17 +194,10 @@ def _inprocess(
     bench_id: str,
 ) -> dict[str, Any]:
     """Speculative and target-only decoding in this process, recorded as one run."""
-    from app.config import data_dir
     from ipc.bench import inprocess_session
-    from ipc.records import RunRecorder
 
-    recorder = RunRecorder(
-        data_dir(),
-        target_model=request.target.name,
-        draft_model=request.draft.name,
-        placement={"target": list(request.placement.target), "draft": request.placement.draft},
-        mode=request.mode,
-        options={**_options(settings), "bench": bench_id, "prompts": len(prompts)},
+    recorder = run_command.open_record(
+        request, {**_options(settings), "bench": bench_id, "prompts": len(prompts)}
     )
     progress.phase(f"{name}: warm-up and prompts")
     try:

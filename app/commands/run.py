@@ -159,23 +159,32 @@ def run_split(
     }
 
 
-def run_recorded(
-    request: RunRequest, progress: RunProgress, args: argparse.Namespace
-) -> dict[str, Any]:
-    """An in-process run that writes its run record (steps, phase-tagged device samples)."""
+def open_record(request: RunRequest, options: dict[str, Any]) -> Any:
+    """A run record for an in-process run of this request, under the user data folder."""
     from app.config import data_dir
-    from backends.discovery import discover
-    from backends.sampler import DeviceSampler
-    from engine.metrics import AcceptanceStats
     from ipc.records import RunRecorder
 
-    recorder = RunRecorder(
+    return RunRecorder(
         data_dir(),
         target_model=request.target.name,
         draft_model=request.draft.name,
         placement={"target": list(request.placement.target), "draft": request.placement.draft},
         mode=request.mode,
-        options={
+        options=options,
+    )
+
+
+def run_recorded(
+    request: RunRequest, progress: RunProgress, args: argparse.Namespace
+) -> dict[str, Any]:
+    """An in-process run that writes its run record (steps, phase-tagged device samples)."""
+    from backends.discovery import discover
+    from backends.sampler import DeviceSampler
+    from engine.metrics import AcceptanceStats
+
+    recorder = open_record(
+        request,
+        {
             "k": request.k,
             "temperature": request.temperature,
             "seed": request.seed,
