@@ -224,23 +224,16 @@ def _split(
     from app.config import data_dir, load_config
     from backends.discovery import discover
     from ipc import events
-    from ipc import runner as ipc_runner
     from ipc.bench import split_session
 
     config = load_config(args.config)
-    split = ipc_runner.RunRequest(
-        target_model=str(request.target.path),
-        draft_model=str(request.draft.path),
-        placement=request.placement,
-        mode="split",
+    split = request.for_daemons(
         k=settings.k,
         temperature=settings.temperature,
         seed=settings.seed,
         prompt=prompts[0].text,
         max_new_tokens=settings.max_new_tokens,
         baseline=True,
-        trust_remote_code=request.trust_target_code,
-        trust_draft_remote_code=request.trust_draft_code,
         prompts=tuple(p.text for p in prompts),
         warmup_tokens=settings.warmup_tokens,
     )

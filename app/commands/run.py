@@ -47,6 +47,26 @@ class RunRequest:
     trust_target_code: bool
     trust_draft_code: bool
 
+    def for_daemons(self, **overrides: Any) -> Any:
+        """This request as `ipc.runner.RunRequest` (split mode), with fields overridden."""
+        from ipc.runner import RunRequest as DaemonRequest
+
+        fields = {
+            "target_model": str(self.target.path),
+            "draft_model": str(self.draft.path),
+            "placement": self.placement,
+            "mode": "split",
+            "k": self.k,
+            "temperature": self.temperature,
+            "seed": self.seed,
+            "prompt": self.prompt,
+            "max_new_tokens": self.max_new_tokens,
+            "baseline": self.baseline,
+            "trust_remote_code": self.trust_target_code,
+            "trust_draft_remote_code": self.trust_draft_code,
+        }
+        return DaemonRequest(**{**fields, **overrides})
+
     @property
     def target_devices(self) -> list[Device]:
         """The target's devices in split order."""
@@ -98,20 +118,7 @@ def run_split(
     from ipc import runner as ipc_runner
 
     config = load_config(args.config)
-    split = ipc_runner.RunRequest(
-        target_model=str(request.target.path),
-        draft_model=str(request.draft.path),
-        placement=request.placement,
-        mode="split",
-        k=request.k,
-        temperature=request.temperature,
-        seed=request.seed,
-        prompt=request.prompt,
-        max_new_tokens=request.max_new_tokens,
-        baseline=request.baseline,
-        trust_remote_code=request.trust_target_code,
-        trust_draft_remote_code=request.trust_draft_code,
-    )
+    split = request.for_daemons()
 
     def show(event: events.RunEvent) -> None:
         if isinstance(event, events.StatusEvent) and event.role == "target":
