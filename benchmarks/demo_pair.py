@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.catalog import DEMO_DIR, describe_model  # noqa: E402
+from engine.fast_decoder import MATMULS  # noqa: E402
 from engine.loading import load_model, quiet_transformers  # noqa: E402
 from engine.local_drafter import LocalDrafter  # noqa: E402
 from engine.metrics import decode_tokens_per_s, speedup  # noqa: E402
@@ -83,10 +84,27 @@ def machine() -> dict[str, str | int]:
         "cpu": cpu,
         "cores": os.cpu_count() or 0,
         "torch_threads": torch.get_num_threads(),
+        "blas_threads": blas_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
     }
+
+
+def blas_threads() -> str:
+    """Threads of every BLAS numpy and torch loaded (MKL, OpenBLAS, ...), as threadpoolctl sees."""
+    from threadpoolctl import threadpool_info
+
+    pools = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    return ", ".join(f"{p['internal_api']} {p['num_threads']}" for p in pools)
+
+
+def limit_threads(threads: int) -> None:
+    """One thread count for torch and for every BLAS (numpy's OpenBLAS draws the drafts)."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)
 
 
 def pair_size(root: Path) -> int:
@@ -108,13 +126,18 @@ def humaneval_prompts(n: int) -> list[tuple[str, str]]:
 
 
 def measure(
-    root: Path, n: int, k: int, max_new_tokens: int, lean_draft: bool = True
+    root: Path,
+    n: int,
+    k: int,
+    max_new_tokens: int,
+    lean_draft: bool = True,
+    draft_matmul: str = "auto",
 ) -> tuple[Summary, list]:
     """Decode each prompt target-only and speculatively; return the summary and rows."""
     quiet_transformers()
     target = load_model(describe_model(root / "target", "demo-target"), ["cpu"], "float32")
     draft = load_model(describe_model(root / "draft", "demo-draft"), ["cpu"], "float32")
-    drafter = LocalDrafter(draft, lean=lean_draft)
+    drafter = LocalDrafter(draft, lean=lean_draft, matmul=draft_matmul)
     decoder = SpeculativeDecoder(target, drafter, k, 0.0, None)
     tokenizer = target.tokenizer
     prompts = humaneval_prompts(n)
@@ -165,7 +188,8 @@ def measure(
         target_only_decode_tokens_per_s=round(base_tps or 0.0, 1),
         speedup=round(speedup(spec_tps, base_tps) or 0.0, 2),
         draft_ms_per_step=round(1e3 * sum(r.draft_s for r in rows) / steps, 2),
-        draft_path=drafter.decode_path,
+        draft_path=drafter.decode_path
+        + (f" ({drafter.matmul} matmul)" if drafter.matmul else ""),
         verify_ms_per_step=round(1e3 * sum(r.verify_s for r in rows) / steps, 2),
         target_only_ms_per_token=round(1e3 / (base_tps or float("inf")), 2),
         identical_outputs=sum(r.same_output for r in rows),
@@ -198,7 +222,8 @@ def print_table(summary: Summary) -> None:
         print(f"{name:<34} {value:>12}  {goal}")
     m = summary.machine
     print(
-        f"\nmachine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
+        f"\nmachine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads; "
+        f"BLAS: {m['blas_threads']}), "
         f"torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}"
     )
 
@@ -210,16 +235,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=20, help="HumanEval prompts, from the first")
     parser.add_argument("--k", type=int, default=6)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, help="torch and BLAS CPU threads (default: the libraries' own)"
+    )
     parser.add_argument("--json", type=Path, help="also write summary and rows here")
     parser.add_argument(
         "--hf-draft", action="store_true", help="draft through transformers' forward, not lean"
     )
+    parser.add_argument(
+        "--draft-matmul",
+        choices=MATMULS,
+        default="auto",
+        help="the lean draft's BLAS: torch's, numpy's, or the faster here (default)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        limit_threads(args.threads)
     summary, rows = measure(
-        args.models, args.n, args.k, args.max_new_tokens, lean_draft=not args.hf_draft
+        args.models,
+        args.n,
+        args.k,
+        args.max_new_tokens,
+        lean_draft=not args.hf_draft,
+        draft_matmul=args.draft_matmul,
     )
     print_table(summary)
     if args.json:

@@ -17,12 +17,13 @@ class LocalDrafter(Drafter):
     The cache holds the committed context except up to two pending tokens (the last draft
     of a fully accepted proposal and the target's next token), which the next `propose`
     feeds in its first forward; nothing re-encodes the context. Llama-style models decode
-    through `engine.fast_decoder.LeanDecoder`; others (or `lean=False`) through transformers.
+    through `engine.fast_decoder.LeanDecoder` (`matmul`: "auto", "torch" or "numpy", see there);
+    others (or `lean=False`) through transformers.
     """
 
-    def __init__(self, loaded: LoadedModel, lean: bool = True) -> None:
+    def __init__(self, loaded: LoadedModel, lean: bool = True, matmul: str = "auto") -> None:
         self.loaded = loaded
-        self._decoder = open_decoder(loaded, lean)
+        self._decoder = open_decoder(loaded, lean, matmul)
         self._pending: list[int] = []  # committed tokens not yet in the cache
         self._drafted: list[int] = []  # the last proposal
         self._base_len = 0  # committed tokens before the last proposal
@@ -33,6 +34,11 @@ class LocalDrafter(Drafter):
     def decode_path(self) -> str:
         """'lean' or 'transformers': which forward drafts."""
         return "lean" if isinstance(self._decoder, LeanDecoder) else "transformers"
+
+    @property
+    def matmul(self) -> str | None:
+        """'torch' or 'numpy': whose BLAS the lean path multiplies with (None off it)."""
+        return getattr(self._decoder, "matmul", None)
 
     @property
     def cached_tokens(self) -> int:

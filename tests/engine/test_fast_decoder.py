@@ -94,12 +94,14 @@ SUPPORTED = {
 }
 
 
+@pytest.mark.parametrize("matmul", ["torch", "numpy"])
 @pytest.mark.parametrize("name", list(SUPPORTED))
-def test_lean_logits_match_transformers_through_decode_and_rollback(name, monkeypatch):
+def test_lean_logits_match_transformers_through_decode_and_rollback(name, matmul, monkeypatch):
     monkeypatch.setattr(fast_decoder, "INITIAL_CAPACITY", 8)  # the cache must grow twice
     model = SUPPORTED[name]()
     assert lean_unsupported(model) is None
-    decoder = LeanDecoder(model)
+    decoder = LeanDecoder(model, matmul)
+    assert decoder.matmul == matmul
     close = dict(rtol=1e-4, atol=1e-5)
     full = reference_logits(model, CONTEXT)
     with torch.inference_mode():
@@ -118,6 +120,37 @@ def test_lean_logits_match_transformers_through_decode_and_rollback(name, monkey
             last = decoder.forward(ids([branch[i]]), last_only=True)
             torch.testing.assert_close(last, expected[i : i + 1], **close)
     assert decoder.capacity >= 16
+
+
+def test_stacked_projections_share_the_models_weights_and_keep_its_logits():
+    model = llama(attention_bias=True)
+    before = reference_logits(model, CONTEXT)
+    params = sum(p.numel() for p in model.parameters())
+    decoder = LeanDecoder(model, "numpy")
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    storage = attn.q_proj.weight.untyped_storage().data_ptr()
+    assert attn.k_proj.weight.untyped_storage().data_ptr() == storage  # one copy, not two
+    assert attn.v_proj.weight.untyped_storage().data_ptr() == storage
+    assert mlp.gate_proj.weight.untyped_storage().data_ptr() == (
+        mlp.up_proj.weight.untyped_storage().data_ptr()
+    )
+    assert decoder.layers[0].qkv[0].t().is_contiguous()  # column-major on a CPU in float32
+    assert decoder.lm_head.t().is_contiguous()
+    assert sum(p.numel() for p in model.parameters()) == params
+    torch.testing.assert_close(reference_logits(model, CONTEXT), before, rtol=1e-5, atol=1e-6)
+
+
+def test_matmul_choice():
+    assert fast_decoder.choose_cpu_matmul(torch.zeros(64, 32, dtype=torch.bfloat16)) == "torch"
+    assert fast_decoder.choose_cpu_matmul(torch.randn(256, 64)) in ("torch", "numpy")
+    assert LeanDecoder(llama(), "auto").matmul in ("torch", "numpy")
+    with pytest.raises(ValueError, match="matmul must be one of"):
+        LeanDecoder(llama(), "blas")
+    with pytest.raises(ValueError, match="needs float32 weights on the CPU"):
+        LeanDecoder(llama().to(torch.bfloat16), "numpy")
+    bf16 = LeanDecoder(llama().to(torch.bfloat16))  # keeps its layout and torch's products
+    assert bf16.matmul == "torch"
+    assert bf16.layers[0].qkv[0].is_contiguous()
 
 
 UNSUPPORTED = {  # model -> what the refusal names
