@@ -59,3 +59,26 @@ def test_nvml_index_maps_to_the_same_torch_device():
             assert str(props.uuid) == uuid.removeprefix("GPU-").lower()
     finally:
         pynvml.nvmlShutdown()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_draft_path_on_a_gpu_matches_transformers(dtype):
+    """The lean decoder's stacked projections on CUDA (row-major, torch's products)."""
+    from engine.fast_decoder import LeanDecoder
+    from tests.engine.test_fast_decoder import CONTEXT, llama, qwen3
+
+    ids = torch.tensor(CONTEXT, device="cuda:0")
+    for make in (llama, qwen3):
+        model = make().to("cuda:0", dtype)
+        with torch.inference_mode():
+            before = model(ids[None]).logits[0].float()
+        decoder = LeanDecoder(model)
+        assert decoder.matmul == "torch"
+        assert decoder.layers[0].qkv[0].is_contiguous()  # GPU weights keep their layout
+        with torch.inference_mode():
+            lean = decoder.forward(ids).float()
+            after = model(ids[None]).logits[0].float()
+        torch.testing.assert_close(after, before)  # the model still runs on the stacked views
+        scale = before.abs().max().item()
+        tolerance = 1e-4 if dtype == torch.float32 else 0.05  # relative to the largest logit
+        assert (lean - before).abs().max().item() <= tolerance * scale
