@@ -93,7 +93,10 @@ def machine() -> dict[str, str | int]:
 
 def blas_threads() -> str:
     """Threads of every BLAS numpy and torch loaded (MKL, OpenBLAS, ...), as threadpoolctl sees."""
-    from threadpoolctl import threadpool_info
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (threadpoolctl is not installed)"
 
     pools = [p for p in threadpool_info() if p["user_api"] == "blas"]
     return ", ".join(f"{p['internal_api']} {p['num_threads']}" for p in pools)

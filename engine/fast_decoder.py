@@ -39,6 +39,7 @@ STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # inv_freq fixed at
 INITIAL_CAPACITY = 512
 MATMULS = ("auto", "torch", "numpy")
 PROBE_ROUNDS = 15
+PROBE_ROWS = 8192  # of the lm_head: a 150k-token vocabulary would make the probe slow
 NUMPY_MARGIN = 0.9  # numpy must be at least 10 % faster to be chosen
 
 Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -97,11 +98,12 @@ def choose_cpu_matmul(weight: torch.Tensor) -> str:
     """'numpy' or 'torch': the faster one-row product with `weight` on this machine.
 
     Only float32 CPU weights can take numpy's path. The probe times both alternately on the
-    model's own largest matrix (a decode step's shape) and keeps the best of each; it takes
-    a few milliseconds, once per decoder.
+    model's own lm_head (its first PROBE_ROWS rows, as laid out for decoding) and keeps the
+    best of each; it takes a few milliseconds, once per decoder.
     """
     if weight.device.type != "cpu" or weight.dtype != torch.float32:
         return "torch"
+    weight = weight[:PROBE_ROWS]
     with torch.inference_mode():
         x = torch.randn(1, weight.shape[1])
         best = {"torch": float("inf"), "numpy": float("inf")}
