@@ -6,7 +6,7 @@ Plain Python, so tests call it without a terminal; the rules themselves are
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from backends.base import Device, Sample
@@ -72,6 +72,14 @@ class Board:
             target=tuple(i for i in self.target if i in ids),
             draft=self.draft if self.draft in ids else None,
         )
+
+    def stranded_roles(self, devices: Sequence[Device]) -> tuple[tuple[str, str], ...]:
+        """(role, device id) of each role placed on a device that is not among `devices`."""
+        there = {d.id for d in devices}
+        stranded = [("target", i) for i in self.target if i not in there]
+        if self.draft is not None and self.draft not in there:
+            stranded.append(("draft", self.draft))
+        return tuple(stranded)
 
     def why_not(self, role: str, device_id: str) -> str | None:
         """Why `role` cannot be placed on `device_id` now, or None when it can."""

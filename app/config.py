@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +51,8 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         if explicit:
             raise ConfigError(f"config file {cfg_path} does not exist")
         return Config(path=cfg_path)
+    import tomllib  # only when there is a file to read: most starts have none
+
     try:
         raw = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:

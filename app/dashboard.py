@@ -58,8 +58,12 @@ class DashboardApp(App):
         return self._main
 
     def on_mount(self) -> None:
-        self.call_after_refresh(self.sampler.start)  # its thread would slow the first frame
         self.theme_changed_signal.subscribe(self, self._remember_theme)
+
+    def on_ready(self) -> None:
+        """The first frame is up: start the work whose threads would have slowed it down."""
+        self.sampler.start()
+        self._main.scan_catalog()
 
     def on_unmount(self) -> None:
         self._main.stop_everything()

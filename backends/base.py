@@ -17,6 +17,10 @@ class BadSimulateSpec(ValueError):
     """A `--simulate` spec that cannot be parsed; the message is one line for the user."""
 
 
+class DeviceGone(Exception):
+    """A discovered device has left (fell off the bus, unplugged); it will not answer again."""
+
+
 @dataclass(frozen=True)
 class Device:
     """Static facts about one device, as discovered."""
@@ -31,6 +35,11 @@ class Device:
     uuid: str | None = None
     # what the runtime's visibility variable accepts (CUDA: UUID; HIP: ROCr UUID or index)
     visible_id: str | None = None
+
+    @property
+    def runs_on_host(self) -> bool:
+        """Whether work placed here runs on the host CPU: the CPU itself, or a simulated GPU."""
+        return self.simulated or self.backend == "cpu"
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,14 @@ class Backend(ABC):
     @abstractmethod
     def sample(self, device: Device) -> Sample:
         """Read one snapshot of a device's telemetry (phase left as 'idle')."""
+
+    def has_gone(self, error: Exception) -> bool:
+        """Whether an error from sample() means the device has left, not a passing failure."""
+        return isinstance(error, DeviceGone)
+
+    def rescan(self) -> list[Device] | None:
+        """The devices there now, from a backend that can tell cheaply; None: it cannot."""
+        return None
 
     def close(self) -> None:
         """Release the vendor library."""

@@ -27,6 +27,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "CPU"
 
 
+def resident_bytes(pid: int) -> int | None:
+    """The host memory a process holds (its resident set size), or None once it has gone.
+
+    What a process uses of a device that runs work on the host (the CPU, a simulated GPU):
+    no vendor tool accounts it per device, as NVML does on a real GPU.
+    """
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
 class CpuBackend(Backend):
     """One device, `cpu`: system RAM, overall CPU utilization and package temperature."""
 

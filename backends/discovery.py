@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from backends.amdsmi import AmdSmiBackend
 from backends.base import Backend, BackendUnavailable, Device, Sample
@@ -37,6 +37,33 @@ class Inventory:
         """One reading of one device from the backend that found it."""
         return self.owners[device.id].sample(device)
 
+    def has_gone(self, device: Device, error: Exception) -> bool:
+        """Whether an error sampling `device` means the device has left."""
+        owner = self.owners.get(device.id)
+        return owner is not None and owner.has_gone(error)
+
+    def without(self, device_ids: Collection[str]) -> Inventory:
+        """This inventory less the devices that have gone (self when none have)."""
+        gone = set(device_ids) & set(self.owners)
+        if not gone:
+            return self
+        return replace(
+            self,
+            devices=tuple(d for d in self.devices if d.id not in gone),
+            owners={i: b for i, b in self.owners.items() if i not in gone},
+        )
+
+    def rescanned(self) -> Inventory:
+        """The devices there now, per backend that can rescan (self when nothing changed)."""
+        devices, owners = list(self.devices), dict(self.owners)
+        for backend in self.backends:
+            found = backend.rescan()
+            if found is not None:
+                devices = _follow_backend(devices, owners, backend, found)
+        if tuple(devices) == self.devices:
+            return self
+        return replace(self, devices=tuple(devices), owners={d.id: owners[d.id] for d in devices})
+
     def set_phase(self, phase: str) -> None:
         """Tell simulated devices what the run is doing, so their telemetry follows it."""
         for backend in self.backends:
@@ -47,6 +74,19 @@ class Inventory:
         """Release every vendor library."""
         for backend in self.backends:
             backend.close()
+
+
+def _follow_backend(
+    devices: list[Device], owners: dict[str, Backend], backend: Backend, found: list[Device]
+) -> list[Device]:
+    """`devices` with `backend`'s share replaced by what it found now, in its order, where its
+    share was (at the end if it had none)."""
+    first = next((i for i, d in enumerate(devices) if owners.get(d.id) is backend), len(devices))
+    others = [d for d in devices if owners.get(d.id) is not backend]
+    at = sum(1 for d in devices[:first] if owners.get(d.id) is not backend)
+    for device in found:
+        owners[device.id] = backend
+    return others[:at] + list(found) + others[at:]
 
 
 def default_backends() -> tuple[Backend, ...]:

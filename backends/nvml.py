@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import sys
 import time
 from collections.abc import Iterable
 from types import ModuleType
@@ -29,6 +31,18 @@ _NOT_AVAILABLE_ULL = 2**64 - 1  # NVML_VALUE_NOT_AVAILABLE_ulonglong
 def _text(value: str | bytes) -> str:
     """NVML strings come back as str from recent pynvml, as bytes from older ones."""
     return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def nvml_library_loads() -> bool:
+    """Whether the NVML library loads; asked before importing pynvml, which takes ~10 ms to
+    import and could only fail at nvmlInit on a machine without the NVIDIA driver."""
+    if not sys.platform.startswith("linux"):
+        return True  # pynvml looks in more places on Windows; let it
+    try:
+        ctypes.CDLL(LIBRARY_FILE)  # what pynvml itself loads on Linux
+    except OSError:
+        return False
+    return True
 
 
 class ProcessNames:
@@ -70,6 +84,8 @@ class NvmlBackend(Backend):
         if self._started:
             return self._nv
         if self._nv is None:
+            if "pynvml" not in sys.modules and not nvml_library_loads():
+                raise BackendUnavailable(f"NVML library not found ({LIBRARY_FILE})")
             try:
                 import pynvml
             except Exception as exc:  # absent or broken bindings must not stop specdeck
@@ -112,6 +128,14 @@ class NvmlBackend(Backend):
             raise
         except getattr(self._nv, "NVMLLibraryMismatchError", ()):
             return None
+
+    def has_gone(self, error: Exception) -> bool:
+        """A GPU that fell off the bus answers every call with NVML_ERROR_GPU_IS_LOST."""
+        if super().has_gone(error):
+            return True
+        lost = getattr(self._nv, "NVML_ERROR_GPU_IS_LOST", 15)
+        nvml_error = getattr(self._nv, "NVMLError", ())
+        return isinstance(error, nvml_error) and getattr(error, "value", None) == lost
 
     def discover(self) -> list[Device]:
         """NVML's GPUs in NVML index order (PCI bus order)."""

@@ -21,8 +21,9 @@ class DeviceSampler:
     def __init__(self, inventory: Inventory, interval_s: float = 1.0, history: int = 120) -> None:
         if interval_s <= 0 or history < 1:
             raise ValueError("interval_s must be positive and history at least 1")
-        self.inventory = inventory
+        self.inventory = inventory  # the devices there now: replaced when one goes or comes
         self.interval_s = interval_s
+        self._keep = history
         self._history = {d.id: deque(maxlen=history) for d in inventory.devices}
         self._phase = "idle"
         self._subscribers: list[Callable[[Sample], None]] = []
@@ -66,14 +67,20 @@ class DeviceSampler:
             return list(self._history.get(device_id, ()))
 
     def poll(self) -> list[Sample]:
-        """Sample every device once; a device whose reading fails is skipped this round."""
+        """Sample every device once; a device whose reading fails is skipped this round, one
+        that has gone is dropped, and devices a backend finds anew are sampled from now on."""
         phase = self._phase
-        taken = []
-        for device in self.inventory.devices:
+        inventory = self.inventory
+        taken, gone = [], []
+        for device in inventory.devices:
             try:
-                sample = self.inventory.sample(device)
+                sample = inventory.sample(device)
             except Exception as exc:  # one flaky device must not stop the others
-                log.debug("sampling %s failed: %s", device.id, exc)
+                if inventory.has_gone(device, exc):
+                    log.info("%s has gone: %s", device.id, exc)
+                    gone.append(device.id)
+                else:
+                    log.debug("sampling %s failed: %s", device.id, exc)
                 continue
             sample = dataclasses.replace(sample, phase=phase)
             with self._lock:
@@ -85,7 +92,18 @@ class DeviceSampler:
                 except Exception:  # a broken listener must not stop the sampling
                     log.exception("device sample subscriber failed")
             taken.append(sample)
+        self._follow(inventory.without(gone).rescanned())
         return taken
+
+    def _follow(self, inventory: Inventory) -> None:
+        """Take up a changed device list: gone devices' histories end, new ones' begin."""
+        if inventory is self.inventory:
+            return
+        with self._lock:
+            self._history = {
+                d.id: self._history.get(d.id, deque(maxlen=self._keep)) for d in inventory.devices
+            }
+            self.inventory = inventory
 
     def start(self) -> None:
         """Start polling on a daemon thread (no-op if already running)."""

@@ -9,7 +9,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from backends.base import PHASES, Backend, BadSimulateSpec, Device, Sample
+from backends.base import PHASES, Backend, BadSimulateSpec, Device, DeviceGone, Sample
 
 
 @dataclass(frozen=True)
@@ -99,26 +99,54 @@ class SimulatedBackend(Backend):
         self._clock = clock
         self._phase = "idle"
         self._states: dict[str, _DeviceState] = {}
+        self._present: dict[str, Device] = {}  # the devices plugged in now, in order
         self._lock = threading.Lock()
 
     def discover(self) -> list[Device]:
         """The devices the spec asked for, in spec order."""
-        devices = []
-        now = self._clock()
-        for vendor, count in self._counts:
-            model = MODELS[vendor]
-            for index in range(count):
-                device = Device(
-                    id=f"sim-{vendor}:{index}",
-                    backend=vendor,
-                    name=model.name,
-                    index=index,
-                    simulated=True,
-                    memory_total_bytes=model.memory_total_bytes,
-                )
-                self._states[device.id] = _DeviceState(device.id, now)
-                devices.append(device)
-        return devices
+        with self._lock:
+            self._states.clear()
+            self._present.clear()
+            for vendor, count in self._counts:
+                for index in range(count):
+                    self._add(vendor, index)
+            return list(self._present.values())
+
+    def _add(self, vendor: str, index: int) -> Device:
+        model = MODELS[vendor]
+        device = Device(
+            id=f"sim-{vendor}:{index}",
+            backend=vendor,
+            name=model.name,
+            index=index,
+            simulated=True,
+            memory_total_bytes=model.memory_total_bytes,
+        )
+        self._states[device.id] = _DeviceState(device.id, self._clock())
+        self._present[device.id] = device
+        return device
+
+    def rescan(self) -> list[Device]:
+        """The simulated devices plugged in now: vendors in spec order, then by index."""
+        rank = {vendor: i for i, (vendor, _) in enumerate(self._counts)}
+        with self._lock:
+            present = list(self._present.values())
+        return sorted(present, key=lambda d: (rank.get(d.backend, len(rank)), d.backend, d.index))
+
+    def unplug(self, device_id: str) -> None:
+        """Take a device away, as a GPU that falls off the bus: its readings end."""
+        with self._lock:
+            if self._present.pop(device_id, None) is None:
+                raise ValueError(f"no simulated device {device_id!r} is plugged in")
+            del self._states[device_id]
+
+    def plug(self, vendor: str) -> Device:
+        """Add one more device of a vendor (the next free index), as a hot-plugged GPU."""
+        if vendor not in MODELS:
+            raise ValueError(f"unknown vendor {vendor!r} (known: {', '.join(MODELS)})")
+        with self._lock:
+            taken = {d.index for d in self._present.values() if d.backend == vendor}
+            return self._add(vendor, next(i for i in range(len(taken) + 1) if i not in taken))
 
     def set_phase(self, phase: str) -> None:
         """What the run is doing; utilization, memory and power move toward that phase."""
@@ -134,7 +162,9 @@ class SimulatedBackend(Backend):
         """One reading of smooth, slightly wobbling telemetry."""
         model = MODELS[device.backend]
         with self._lock:
-            state = self._states[device.id]
+            state = self._states.get(device.id)
+            if state is None:
+                raise DeviceGone(f"{device.id} has been unplugged")
             now = self._clock()
             state.advance(now, self._phase)
             activity, share, heat = state.activity, state.memory_share, state.heat

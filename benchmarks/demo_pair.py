@@ -191,8 +191,7 @@ def measure(
         target_only_decode_tokens_per_s=round(base_tps or 0.0, 1),
         speedup=round(speedup(spec_tps, base_tps) or 0.0, 2),
         draft_ms_per_step=round(1e3 * sum(r.draft_s for r in rows) / steps, 2),
-        draft_path=drafter.decode_path
-        + (f" ({drafter.matmul} matmul)" if drafter.matmul else ""),
+        draft_path=drafter.decode_path + (f" ({drafter.matmul} matmul)" if drafter.matmul else ""),
         verify_ms_per_step=round(1e3 * sum(r.verify_s for r in rows) / steps, 2),
         target_only_ms_per_token=round(1e3 / (base_tps or float("inf")), 2),
         identical_outputs=sum(r.same_output for r in rows),

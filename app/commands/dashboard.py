@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 from typing import Any
 
 
@@ -27,6 +28,7 @@ def build_app(args: argparse.Namespace, app_class: Any = None) -> Any:
     sampler = DeviceSampler(inventory, interval_s=1.0, history=120)
     if app_class is None:
         from app.dashboard import DashboardApp as app_class
+    freeze_startup_heap()
     return app_class(
         config,
         inventory,
@@ -34,6 +36,16 @@ def build_app(args: argparse.Namespace, app_class: Any = None) -> Any:
         model_dirs=[str(d) for d in getattr(args, "models_dir", None) or []],
         theme=theme,
     )
+
+
+def freeze_startup_heap() -> None:
+    """Keep the garbage collector off the objects every import so far has made.
+
+    Modules, classes and functions live as long as the process; left in the collector's
+    oldest generation, the first full collection walks them all (≈40 ms on the reference VM)
+    while the first frame is being drawn. Frozen, they are never walked again.
+    """
+    gc.freeze()
 
 
 def main(args: argparse.Namespace) -> int:

@@ -13,28 +13,34 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.geometry import Size
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Button, Checkbox, Footer, Header, Input, Static
+from textual.widgets import Button, Footer, Header, Input, Static
 
 from app.board import Board, free_memory
-from app.widgets.acceptance import AcceptanceFigures, AcceptancePane
 from app.widgets.controls import BadOption, RunControls, RunOptions
 from app.widgets.devices import DeviceCard, DeviceGrid, PlaceRequested, RemoveRequested, RoleOnCard
 from app.widgets.drag import RoleClicked, RoleDragHover, RoleDropped
-from app.widgets.log import EventLog
 from app.widgets.models import ModelsChosen, ModelsPanel
-from app.widgets.output import OutputPane
 from app.widgets.palette import CHIP_LABELS, RolePalette
 from app.widgets.telemetry import DeviceHistory, utilization_series
-from app.widgets.throughput import ThroughputFigures, ThroughputPane
+from backends.cpu import resident_bytes
 from backends.placement import Placement, PlacementError
 
 if TYPE_CHECKING:
     from app.config import Config
+    from app.widgets.acceptance import AcceptanceFigures, AcceptancePane
+    from app.widgets.log import EventLog
+    from app.widgets.output import OutputPane
+    from app.widgets.throughput import ThroughputFigures, ThroughputPane
     from backends.discovery import Inventory
     from backends.sampler import DeviceSampler
     from engine.catalog import ModelInfo
 
 RUN_OVER = ("done", "stopped", "failed")
+
+
+def device_ids(inventory: Inventory) -> set[str]:
+    """The ids of an inventory's devices."""
+    return {d.id for d in inventory.devices}
 
 
 class RunEventArrived(Message):
@@ -83,8 +89,9 @@ class MainScreen(Screen):
         self.board = Board.of(inventory.devices)
         self.handle: Any = None  # the ipc.runner.RunHandle of the run going on
         self.daemons: dict[str, tuple[int, tuple[str, ...]]] = {}  # role -> (pid, device ids)
-        self.acceptance = AcceptanceFigures()
-        self.throughput = ThroughputFigures()
+        # the live figures come with their panes, after the first frame
+        self.acceptance: AcceptanceFigures | None = None
+        self.throughput: ThroughputFigures | None = None
         self._filled = False  # the parts mounted after the first frame are there
         self._after_fill: list[Callable[[], object]] = []
 
@@ -116,9 +123,7 @@ class MainScreen(Screen):
             }
         )
         self.query_one(RolePalette).selected = self.board.selected
-        if self.models is None:
-            self.call_after_refresh(self._load_catalog)  # the scan waits for the first frame
-        else:
+        if self.models is not None:
             self._catalog_loaded(self.models)
         self.refresh_telemetry()
         self.set_interval(self.refresh_s, self.refresh_telemetry)
@@ -126,6 +131,13 @@ class MainScreen(Screen):
 
     async def _fill(self) -> None:
         """Mount what the first frame need not wait for: live panes, log, inputs, pickers."""
+        # their modules load here too, so the first frame does not wait for the imports
+        from app.widgets.acceptance import AcceptanceFigures, AcceptancePane
+        from app.widgets.log import EventLog
+        from app.widgets.output import OutputPane
+        from app.widgets.throughput import ThroughputFigures, ThroughputPane
+
+        self.acceptance, self.throughput = AcceptanceFigures(), ThroughputFigures()
         await self.query_one("#live", Horizontal).mount_all(
             [
                 DeviceHistory(self.inventory.devices, id="history"),
@@ -136,8 +148,10 @@ class MainScreen(Screen):
         await self.query_one("#bottom", Horizontal).mount_all(
             [OutputPane(id="output"), EventLog(id="log")]
         )
-        await self.query_one(ModelsPanel).fill()
-        await self.query_one(RunControls).fill()
+        for part in (self.query_one(ModelsPanel), self.query_one(RunControls)):
+            if not part.is_attached:  # the app is closing: quit came before the parts did
+                return
+            await part.fill()
         self._set_titles(
             {
                 "#history": "Device history",
@@ -147,7 +161,7 @@ class MainScreen(Screen):
                 "#log": "Log",
             }
         )
-        log = self.query_one(EventLog)
+        log = self.event_log
         log.add(f"{len(self.inventory.devices)} device(s) found")
         for u in self.inventory.unavailable:
             log.add(f"{u.backend} unavailable: {u.reason}", level="debug")
@@ -164,6 +178,27 @@ class MainScreen(Screen):
         else:
             self._after_fill.append(callback)
 
+    # the panes mounted after the first frame, found by id: their modules load with them
+    @property
+    def event_log(self) -> EventLog:
+        """The event log."""
+        return self.query_one("#log")  # type: ignore[return-value]
+
+    @property
+    def output_pane(self) -> OutputPane:
+        """The generated text."""
+        return self.query_one("#output")  # type: ignore[return-value]
+
+    @property
+    def acceptance_pane(self) -> AcceptancePane:
+        """Acceptance figures."""
+        return self.query_one("#acceptance")  # type: ignore[return-value]
+
+    @property
+    def throughput_pane(self) -> ThroughputPane:
+        """Throughput figures."""
+        return self.query_one("#throughput")  # type: ignore[return-value]
+
     def _set_titles(self, titles: dict[str, str]) -> None:
         for selector, title in titles.items():
             self.query_one(selector).border_title = title
@@ -179,6 +214,12 @@ class MainScreen(Screen):
         ]
 
     # -- catalog -------------------------------------------------------------------------
+
+    def scan_catalog(self) -> None:
+        """Scan the model folders, unless the models were given (the app calls it once the
+        first frame is up: the scan's thread would slow that frame down)."""
+        if self.models is None:
+            self._load_catalog()
 
     @work(thread=True, exclusive=True, group="catalog")
     def _load_catalog(self) -> None:
@@ -212,6 +253,8 @@ class MainScreen(Screen):
 
     def refresh_telemetry(self) -> None:
         """Show the sampler's latest readings on every card and in the history pane."""
+        if self.sampler.inventory is not self.inventory:
+            self._follow_devices(self.sampler.inventory)
         grid = self.query_one(DeviceGrid)
         history = self.query_one(DeviceHistory) if self._filled else None
         free: dict[str, int | None] = {}
@@ -230,16 +273,39 @@ class MainScreen(Screen):
         if self.handle is not None and getattr(self.handle, "finished", False):
             self._run_over(getattr(self.handle, "state", "done"))  # in case an event was lost
 
+    def _follow_devices(self, inventory: Inventory) -> None:
+        """Cards follow the devices there now; a role on a device that has gone comes off."""
+        stranded = self.board.stranded_roles(inventory.devices)
+        before, self.inventory = self.inventory, inventory
+        self.board = self.board.with_devices(inventory.devices)
+        self.query_one(DeviceGrid).show_devices(inventory.devices)
+        self._when_filled(lambda: self.query_one(DeviceHistory).show_devices(inventory.devices))
+        lines = [(f"{d} has gone", "warning") for d in device_ids(before) - device_ids(inventory)]
+        lines += [(f"{d} appeared", "info") for d in device_ids(inventory) - device_ids(before)]
+        for role, device_id in stranded:
+            text = f"{CHIP_LABELS[role]} taken off {device_id}: the device has gone"
+            self.notify(text, title="device gone", severity="warning", timeout=10)
+            lines.append((text, "warning"))
+        self._when_filled(lambda: self._log_lines(lines))
+
+    def _log_lines(self, lines: list[tuple[str, str]]) -> None:
+        for text, level in lines:
+            self.event_log.add(text, level)
+
     def _roles_on(self, device_id: str, latest: Any) -> tuple[RoleOnCard, ...]:
+        device = self.board.devices.get(device_id)
         roles = []
         for role in self.board.roles_on(device_id):
-            pid, memory = None, None
+            pid, memory, resident = None, None, False
             if role in self.daemons and device_id in self.daemons[role][1]:
                 pid = self.daemons[role][0]
                 for process in getattr(latest, "processes", ()) or ():
                     if process.pid == pid:
                         memory = process.memory_bytes
-            roles.append(RoleOnCard(role, pid, memory))
+                if memory is None and device is not None and device.runs_on_host:
+                    # no per-device figure where the work runs on the host: its host memory
+                    memory, resident = resident_bytes(pid), True
+            roles.append(RoleOnCard(role, pid, memory, resident))
         return tuple(roles)
 
     def _show_board(self) -> None:
@@ -266,7 +332,7 @@ class MainScreen(Screen):
         except PlacementError as exc:
             self.notify(str(exc), title=f"{CHIP_LABELS[role]} not placed", severity="error")
             line = f"{role} refused on {device_id}: {exc}"
-            self._when_filled(lambda: self.query_one(EventLog).add(line, "warning"))
+            self._when_filled(lambda: self.event_log.add(line, "warning"))
             return False
         self._show_board()
         return True
@@ -340,7 +406,7 @@ class MainScreen(Screen):
         self._when_filled(lambda: self.query_one("#k", Input).focus())
 
     def action_toggle_baseline(self) -> None:
-        self._when_filled(lambda: self.query_one("#baseline", Checkbox).toggle())
+        self._when_filled(lambda: self.query_one("#baseline").toggle())
 
     def action_runs(self) -> None:
         from app.screens.runs import RunsScreen
@@ -397,7 +463,7 @@ class MainScreen(Screen):
         self, placement: Placement, target: ModelInfo, draft: ModelInfo, options: RunOptions
     ) -> None:
         """Hand the run to ipc.runner; its events come back as RunEventArrived messages."""
-        log = self.query_one(EventLog)
+        log = self.event_log
         try:
             from ipc.runner import RunRequest, start_run
         except ImportError as exc:
@@ -440,11 +506,14 @@ class MainScreen(Screen):
             self.notify(str(exc) or type(exc).__name__, title="launch failed", severity="error")
             log.add(f"launch failed: {exc}", "error")
             return
+        from app.widgets.acceptance import AcceptanceFigures
+        from app.widgets.throughput import ThroughputFigures
+
         self.daemons = {}
         self.acceptance, self.throughput = AcceptanceFigures(), ThroughputFigures()
-        self.query_one(AcceptancePane).figures = self.acceptance
-        self.query_one(ThroughputPane).figures = self.throughput
-        self.query_one(OutputPane).begin(options.prompt)
+        self.acceptance_pane.figures = self.acceptance
+        self.throughput_pane.figures = self.throughput
+        self.output_pane.begin(options.prompt)
         self.query_one(RunControls).set_running(True)
         where = f"target on {', '.join(placement.target)}, draft on {placement.draft}"
         log.add(f"launched {target.name} + {draft.name} ({placement.mode}; {where})")
@@ -474,7 +543,7 @@ class MainScreen(Screen):
 
     def _show_event(self, event: Any) -> None:
         kind = type(event).__name__
-        log = self.query_one(EventLog)
+        log = self.event_log
         if kind == "StepEvent":
             step = event.step
             self.acceptance = self.acceptance.after_step(
@@ -491,9 +560,9 @@ class MainScreen(Screen):
                 step.transport_s,
                 event.decode_tokens_per_s,
             )
-            self.query_one(AcceptancePane).figures = self.acceptance
-            self.query_one(ThroughputPane).figures = self.throughput
-            self.query_one(OutputPane).append(event.text)
+            self.acceptance_pane.figures = self.acceptance
+            self.throughput_pane.figures = self.throughput
+            self.output_pane.append(event.text)
         elif kind == "TokenEvent":
             if event.decode_tokens_per_s is not None:
                 self._status(f"baseline: {event.new_tokens} tokens")
@@ -520,9 +589,9 @@ class MainScreen(Screen):
         baseline = (result.get("baseline") or {}).get("decode_tokens_per_s")
         mean = result.get("decode_tokens_per_s", self.throughput.mean)
         self.throughput = replace(self.throughput, mean=mean, baseline=baseline)
-        self.query_one(ThroughputPane).figures = self.throughput
-        if result.get("output_text") and not self.query_one(OutputPane).text:
-            self.query_one(OutputPane).append(result["output_text"])
+        self.throughput_pane.figures = self.throughput
+        if result.get("output_text") and not self.output_pane.text:
+            self.output_pane.append(result["output_text"])
         al = result.get("mean_acceptance_length")
         tps = result.get("decode_tokens_per_s")
         summary = f"done: {result.get('new_tokens', '?')} tokens"
@@ -532,7 +601,7 @@ class MainScreen(Screen):
             summary += f", {tps:.1f} tok/s"
         if result.get("speedup") is not None:
             summary += f", speedup {result['speedup']:.2f}×"
-        self.query_one(EventLog).add(summary)
+        self.event_log.add(summary)
         self.notify(summary.removeprefix("done: "), title="run done")
 
     def _run_over(self, state: str) -> None:

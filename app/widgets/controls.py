@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, Checkbox, Input, Static
+from textual.widgets import Button, Input, Static
 
 DEFAULT_PROMPT = "def fibonacci(n):"
 
@@ -60,6 +60,8 @@ class RunControls(Vertical):
         await self.mount_compose(self._parts())
 
     def _parts(self) -> ComposeResult:
+        from textual.widgets import Checkbox  # loads with the parts, after the first frame
+
         yield Static("prompt", classes="pane-label")
         yield Input(DEFAULT_PROMPT, id="prompt", placeholder="prompt text", compact=True)
         with Horizontal(classes="option-row"):
@@ -82,7 +84,7 @@ class RunControls(Vertical):
             value("k"),
             value("temperature"),
             value("max-new-tokens"),
-            self.query_one("#baseline", Checkbox).value,
+            self.query_one("#baseline").value,
         )
 
     def set_running(self, running: bool) -> None:

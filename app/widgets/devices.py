@@ -15,7 +15,7 @@ from textual.reactive import reactive
 from textual.widgets import Static
 
 from app.widgets.drag import Draggable, DropTarget
-from app.widgets.figures import NA, bar, gib, number
+from app.widgets.figures import NA, bar, gib, number, size
 from app.widgets.palette import CHIP_LABELS
 from app.widgets.spark import spark_text
 from backends.base import Device, Sample
@@ -26,18 +26,26 @@ CARD_WIDTH = 34  # cells a card needs to show its memory bar and power without c
 
 @dataclass(frozen=True)
 class RoleOnCard:
-    """A role placed on a card; pid and memory once its daemon runs."""
+    """A role placed on a card; pid and memory once its daemon runs.
+
+    `resident`: the memory is the daemon's resident set size in host RAM (a device that runs
+    its work on the host), not memory the device reports for it.
+    """
 
     role: str
     pid: int | None = None
     memory_bytes: int | None = None
+    resident: bool = False
 
     @property
     def label(self) -> str:
         """What the card shows for this role."""
         text = CHIP_LABELS[self.role]
         if self.pid is not None:
-            text += f" pid {self.pid} {gib(self.memory_bytes)} GiB"
+            if self.resident:  # host RAM, so it says RSS: not to be read as device memory
+                text += f" pid {self.pid} RSS {size(self.memory_bytes)}"
+            else:
+                text += f" pid {self.pid} {gib(self.memory_bytes)} GiB"
         return f" {text} "
 
 
@@ -181,9 +189,37 @@ class DeviceGrid(VerticalScroll):
             self.border_subtitle = f"{names} unavailable (see the log)"
 
     def on_resize(self) -> None:
-        # as many card columns as fit, so a wide terminal shows every card at once
+        self._fit_columns()
+
+    def _fit_columns(self) -> None:
+        """As many card columns as fit, so a wide terminal shows every card at once."""
         columns = max(1, min(len(self.devices), self.scrollable_content_region.width // CARD_WIDTH))
         self.query_one(".device-cards", Grid).styles.grid_size_columns = columns
+
+    def show_devices(self, devices: Sequence[Device]) -> None:
+        """Follow the devices there now: a gone device's card goes, a new device gets one."""
+        self.devices = tuple(devices)
+        grid = self.query_one(".device-cards", Grid)
+        there = {d.id for d in self.devices}
+        for card in grid.query_children(DeviceCard):
+            if card.device.id not in there:
+                card.remove()
+        previous: DeviceCard | None = None
+        for device in self.devices:  # a new card goes where the device list puts it
+            card = self.card(device.id)
+            if card is None:
+                card = DeviceCard(device)
+                if previous is not None:
+                    grid.mount(card, after=previous)
+                else:
+                    grid.mount(card, before=0 if grid.children else None)
+            previous = card
+        empty = self.query_children(".empty")
+        if self.devices:
+            empty.remove()
+        elif not empty:
+            self.mount(Static("no devices found", classes="empty"))
+        self._fit_columns()
 
     def card(self, device_id: str) -> DeviceCard | None:
         """The card of a device, if it has one."""

@@ -81,6 +81,8 @@ class ModelsPanel(Vertical):
         models, options = self.models, self._options()
         with self.app.batch_update():
             for role in ("target", "draft"):
+                if not self.is_attached:  # the app is closing
+                    return
                 slot = self.query_one(f"#slot-{role}", Static)
                 chosen = self._chosen[role]
                 picker = Select(

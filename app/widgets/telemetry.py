@@ -55,6 +55,11 @@ class HistoryChart(Widget):
         self.series[device_id] = (utilization_series(samples), memory_series(samples))
         self.refresh()
 
+    def show_devices(self, device_ids: Sequence[str]) -> None:
+        """One line per device there now: a gone device's line goes, a new one's begins."""
+        self.series = {d: self.series.get(d, ([], [])) for d in device_ids}
+        self.refresh(layout=True)
+
 
 class DeviceHistory(VerticalScroll):
     """Utilization and memory over the sampler's history window, per device."""
@@ -69,3 +74,8 @@ class DeviceHistory(VerticalScroll):
     def show(self, device_id: str, samples: Sequence[Sample]) -> None:
         """Draw one device's history (oldest first)."""
         self.query_one(HistoryChart).show(device_id, samples)
+
+    def show_devices(self, devices: Sequence[Device]) -> None:
+        """Follow the devices there now."""
+        self.devices = tuple(devices)
+        self.query_one(HistoryChart).show_devices([d.id for d in self.devices])

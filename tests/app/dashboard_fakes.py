@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.config import load_config
-from backends.base import Backend, Device, ProcessInfo, Sample
+from backends.base import Backend, Device, DeviceGone, ProcessInfo, Sample
 from backends.discovery import Inventory
 from backends.sampler import DeviceSampler
 from engine.catalog import ModelInfo
@@ -19,34 +19,52 @@ DEVICES = (
     Device("sim-hip:0", "hip", "Simulated AMD Instinct MI300X", 0, True, 192 * GIB),
 )
 
-# sim-cuda:1 is nearly full, so a big target does not fit there; the CPU reports no power
+# sim-cuda:1 is nearly full, so a big target does not fit there; the CPU reports no power;
+# a device plugged in later has 1 GiB in use
 USED = {"cpu": 8 * GIB, "sim-cuda:0": 2 * GIB, "sim-cuda:1": 79 * GIB, "sim-hip:0": 4 * GIB}
+GPU_PID = 4242  # a process every GPU reports, with 3 GiB of device memory
 
 
 class FixedBackend(Backend):
-    """Returns the same readings every time; `step` varies utilization by sample count."""
+    """Returns the same readings every time; utilization varies with the number of samples.
+
+    `unplug` and `plug` take a device away or bring one, as a GPU that falls off the bus or
+    is hot-plugged: a gone device's reading raises DeviceGone, and `rescan` lists what is there.
+    """
 
     name = "simulated"
 
     def __init__(self) -> None:
         self.calls = 0
+        self.present = list(DEVICES)
 
     def discover(self) -> list[Device]:
-        return list(DEVICES)
+        return list(self.present)
+
+    def rescan(self) -> list[Device]:
+        return list(self.present)
+
+    def unplug(self, device_id: str) -> None:
+        self.present = [d for d in self.present if d.id != device_id]
+
+    def plug(self, device: Device) -> None:
+        self.present.append(device)
 
     def sample(self, device: Device) -> Sample:
+        if device not in self.present:
+            raise DeviceGone(f"{device.id} fell off the bus")
         self.calls += 1
         gpu = device.backend != "cpu"
         return Sample(
             device_id=device.id,
             time=1_700_000_000.0,
-            memory_used_bytes=USED[device.id],
+            memory_used_bytes=USED.get(device.id, GIB),
             memory_total_bytes=device.memory_total_bytes,
             utilization_percent=float((self.calls * 7) % 100),
             power_watts=120.0 if gpu else None,
             power_limit_watts=700.0 if gpu else None,
             temperature_c=45.0 if gpu else None,
-            processes=(ProcessInfo(4242, "python", 3 * GIB),) if gpu else (),
+            processes=(ProcessInfo(GPU_PID, "python", 3 * GIB),) if gpu else (),
         )
 
 
@@ -60,7 +78,7 @@ class PausedSampler(DeviceSampler):
 def fixed_inventory() -> Inventory:
     """The four fixed devices, owned by one FixedBackend."""
     backend = FixedBackend()
-    return Inventory(devices=DEVICES, owners={d.id: backend for d in DEVICES})
+    return Inventory(devices=DEVICES, owners={d.id: backend for d in DEVICES}, backends=(backend,))
 
 
 def fake_model(name: str, size_gib: float, fingerprint: str = "tok-1", **kw) -> ModelInfo:

@@ -100,3 +100,13 @@ def test_free_memory_from_a_sample():
     assert free_memory(None) is None
     assert free_memory(Sample("x", 0.0, memory_used_bytes=1, memory_total_bytes=None)) is None
     assert free_memory(Sample("x", 0.0, memory_used_bytes=3, memory_total_bytes=10)) == 7
+
+
+def test_roles_stranded_on_devices_that_went_are_named_with_their_device():
+    b = board(target_gib=1).place("target", "sim-cuda:0").place("target", "sim-cuda:1")
+    b = b.place("draft", "sim-hip:0")
+    there = [d for d in DEVICES if d.id not in ("sim-cuda:1", "sim-hip:0")]
+
+    assert b.stranded_roles(there) == (("target", "sim-cuda:1"), ("draft", "sim-hip:0"))
+    assert b.stranded_roles(DEVICES) == ()
+    assert b.with_devices(there).target == ("sim-cuda:0",)  # the split keeps the card left

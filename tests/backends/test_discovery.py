@@ -8,7 +8,13 @@ from backends.cpu import CpuBackend
 from backends.discovery import Unavailable, discover
 from backends.nvml import NvmlBackend
 from tests.backends.fake_amdsmi import FakeAmdGpu, make_amdsmi
-from tests.backends.fake_pynvml import NVML_ERROR_LIBRARY_NOT_FOUND, FakeGpu, make_pynvml
+from tests.backends.fake_pynvml import (
+    NVML_ERROR_GPU_IS_LOST,
+    NVML_ERROR_LIBRARY_NOT_FOUND,
+    NVML_ERROR_NOT_SUPPORTED,
+    FakeGpu,
+    make_pynvml,
+)
 
 
 class ExplodingBackend(Backend):
@@ -76,3 +82,31 @@ def test_on_this_machine_every_backend_gives_devices_or_a_reason():
             assert has_devices or reasons or backend == "hip"  # a working amdsmi may find none
     finally:
         inventory.close()
+
+
+def test_rescanned_follows_devices_that_go_and_come_and_keeps_the_order():
+    backends = [NvmlBackend(library=make_pynvml([FakeGpu()])), CpuBackend()]
+    inventory = discover("cuda:2,hip:1", backends=backends)
+    simulated = inventory.owners["sim-cuda:0"]
+
+    assert inventory.rescanned() is inventory  # nothing changed
+    simulated.unplug("sim-cuda:0")
+    simulated.plug("hip")
+    now = inventory.rescanned()
+
+    assert [d.id for d in now.devices] == ["cuda:0", "cpu", "sim-cuda:1", "sim-hip:0", "sim-hip:1"]
+    assert now.get("sim-cuda:0") is None and "sim-cuda:0" not in now.owners
+    assert now.sample(now.get("sim-hip:1")).device_id == "sim-hip:1"
+    assert [d.id for d in inventory.devices][-3:] == ["sim-cuda:0", "sim-cuda:1", "sim-hip:0"]
+    inventory.close()
+
+
+def test_without_drops_gone_devices_and_asks_their_backend_what_an_error_means():
+    nv = make_pynvml([FakeGpu(), FakeGpu()])
+    inventory = discover(None, backends=[NvmlBackend(library=nv)])
+    lost, other = nv.NVMLError(NVML_ERROR_GPU_IS_LOST), nv.NVMLError(NVML_ERROR_NOT_SUPPORTED)
+
+    assert inventory.has_gone(inventory.get("cuda:1"), lost)
+    assert not inventory.has_gone(inventory.get("cuda:1"), other)
+    assert [d.id for d in inventory.without(["cuda:1"]).devices] == ["cuda:0"]
+    assert inventory.without([]) is inventory

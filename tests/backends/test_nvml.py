@@ -13,6 +13,7 @@ from backends.nvml import NvmlBackend
 from tests.backends.fake_pynvml import (
     NVML_ERROR_DRIVER_NOT_LOADED,
     NVML_ERROR_LIBRARY_NOT_FOUND,
+    NVML_ERROR_NOT_SUPPORTED,
     NVML_VALUE_NOT_AVAILABLE_ULONGLONG,
     FakeGpu,
     FakeProcess,
@@ -133,6 +134,21 @@ def test_a_lost_gpu_raises_from_sample_so_the_sampler_can_skip_it():
         backend.sample(device)
 
 
+def test_a_lost_gpu_has_gone_but_a_metric_not_supported_has_not():
+    gpu = FakeGpu()
+    nv = make_pynvml([gpu])
+    backend = NvmlBackend(library=nv)
+    (device,) = backend.discover()
+    gpu.lost = True
+
+    with pytest.raises(nv.NVMLError) as raised:
+        backend.sample(device)
+
+    assert backend.has_gone(raised.value)
+    assert not backend.has_gone(nv.NVMLError(NVML_ERROR_NOT_SUPPORTED))
+    assert not backend.has_gone(RuntimeError("GPU is lost"))
+
+
 @pytest.mark.parametrize(
     ("code", "reason"),
     [
@@ -147,6 +163,18 @@ def test_nvml_that_cannot_start_gives_one_line_reason(code, reason):
         backend.discover()
 
     assert str(raised.value) == reason
+
+
+def test_without_the_nvml_library_pynvml_is_not_even_imported(monkeypatch):
+    monkeypatch.delitem(sys.modules, "pynvml", raising=False)
+    monkeypatch.setattr("backends.nvml.LIBRARY_FILE", "libspecdeck-absent-nvml.so.1")
+    backend = NvmlBackend()
+
+    with pytest.raises(BackendUnavailable) as raised:
+        backend.discover()
+
+    assert str(raised.value) == "NVML library not found (libspecdeck-absent-nvml.so.1)"
+    assert "pynvml" not in sys.modules
 
 
 def test_pynvml_is_imported_from_sys_modules_and_shut_down_on_close(monkeypatch):

@@ -115,3 +115,52 @@ def test_simulated_devices_get_busy_when_the_sampler_phase_says_decode():
 
     assert busy.phase == "decode"
     assert busy.utilization_percent > idle.utilization_percent + 50
+
+
+def test_a_device_that_has_gone_is_dropped_and_the_others_go_on():
+    backend = SimulatedBackend((("cuda", 2), ("hip", 1)))
+    sampler = DeviceSampler(inventory_of(backend))
+    sampler.poll()
+
+    backend.unplug("sim-cuda:1")
+    taken = sampler.poll()
+
+    assert [s.device_id for s in taken] == ["sim-cuda:0", "sim-hip:0"]
+    assert [d.id for d in sampler.inventory.devices] == ["sim-cuda:0", "sim-hip:0"]
+    assert sampler.history("sim-cuda:1") == [] and len(sampler.history("sim-cuda:0")) == 2
+    assert [s.device_id for s in sampler.poll()] == ["sim-cuda:0", "sim-hip:0"]
+
+
+def test_a_device_gone_says_so_by_its_error_when_its_backend_cannot_rescan():
+    class LostOnRead(CountingBackend):
+        def has_gone(self, error):
+            return "lost" in str(error)
+
+    sampler = DeviceSampler(inventory_of(LostOnRead(broken={"cuda:0"})))
+
+    sampler.poll()
+
+    assert [d.id for d in sampler.inventory.devices] == ["cuda:1"]
+
+
+def test_a_flaky_reading_does_not_make_a_device_gone():
+    sampler = DeviceSampler(inventory_of(CountingBackend(broken={"cuda:0"})))
+    before = sampler.inventory
+
+    sampler.poll()
+
+    assert sampler.inventory is before
+
+
+def test_a_device_that_appears_is_sampled_from_the_next_round():
+    backend = SimulatedBackend((("cuda", 1), ("hip", 1)))
+    sampler = DeviceSampler(inventory_of(backend), history=5)
+    sampler.poll()
+
+    backend.plug("cuda")
+    sampler.poll()
+    taken = sampler.poll()
+
+    assert [d.id for d in sampler.inventory.devices] == ["sim-cuda:0", "sim-cuda:1", "sim-hip:0"]
+    assert [s.device_id for s in taken] == ["sim-cuda:0", "sim-cuda:1", "sim-hip:0"]
+    assert len(sampler.history("sim-cuda:1")) == 1 and len(sampler.history("sim-cuda:0")) == 3

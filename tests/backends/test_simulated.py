@@ -2,7 +2,7 @@
 
 import pytest
 
-from backends.base import BadSimulateSpec
+from backends.base import BadSimulateSpec, DeviceGone
 from backends.simulated import SimulatedBackend, parse_simulate_spec
 
 
@@ -90,3 +90,32 @@ def test_devices_differ_from_each_other_but_repeat_across_runs():
 
     assert one.sample(a0).memory_used_bytes == two.sample(b0).memory_used_bytes
     assert one.sample(a0).memory_used_bytes != one.sample(a1).memory_used_bytes
+
+
+def test_an_unplugged_device_stops_answering_and_leaves_the_rescan():
+    backend, (c0, c1, h0) = simulated("cuda:2,hip:1", Clock())
+
+    backend.unplug("sim-cuda:0")
+
+    with pytest.raises(DeviceGone):
+        backend.sample(c0)
+    assert backend.has_gone(DeviceGone("sim-cuda:0"))
+    assert not backend.has_gone(RuntimeError("a passing failure"))
+    assert backend.rescan() == [c1, h0]
+    assert backend.sample(c1).device_id == "sim-cuda:1"
+    with pytest.raises(ValueError, match="no simulated device"):
+        backend.unplug("sim-cuda:0")
+
+
+def test_a_plugged_device_takes_the_first_free_index_and_answers():
+    backend, (c0, c1) = simulated("cuda:2", Clock())
+    backend.unplug("sim-cuda:0")
+
+    again = backend.plug("cuda")
+    hip = backend.plug("hip")
+
+    assert (again.id, hip.id) == ("sim-cuda:0", "sim-hip:0")
+    assert backend.rescan() == [again, c1, hip]
+    assert backend.sample(hip).power_limit_watts == 750.0
+    with pytest.raises(ValueError, match="unknown vendor"):
+        backend.plug("tpu")

@@ -1,0 +1,130 @@
+"""Devices that go or come while the dashboard runs, and the memory of a daemon on a card."""
+
+import re
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from app.screens.main import RunEventArrived
+from app.widgets.devices import DeviceCard, PlacedRole
+from app.widgets.telemetry import HistoryChart
+from backends.base import Device
+from ipc.events import DaemonEvent
+from tests.app.dashboard_fakes import GIB, GPU_PID, make_app
+
+SIZE = (160, 48)
+REFRESH_S = 0.05  # the screen reads the sampler this often in these tests
+HELD_BYTES = 64 * 2**20  # what the child process below keeps resident
+
+
+def notes(app) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+def card_ids(app) -> list[str]:
+    return [card.device.id for card in app.screen.query(DeviceCard)]
+
+
+def labels(app, device_id: str) -> list[str]:
+    card = app.screen.query_one(f"#card-{device_id.replace(':', '-')}", DeviceCard)
+    return [str(chip.render()) for chip in card.query(PlacedRole)]
+
+
+async def sample_and_show(app, pilot) -> None:
+    """One round of the sampler (its thread is paused in tests), then the screen's refresh."""
+    app.sampler.poll()
+    await pilot.pause(4 * REFRESH_S)
+    await pilot.pause()
+
+
+async def test_a_device_that_goes_loses_its_card_and_the_role_on_it_says_why():
+    app = make_app(refresh_s=REFRESH_S)
+    backend = app.inventory.owners["sim-cuda:0"]
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("t", "c", "right", "enter", "d", "right", "right", "enter")
+        await pilot.pause()
+        assert app.screen.board.target == ("sim-cuda:0",)
+        assert app.screen.board.draft == "sim-hip:0"
+
+        backend.unplug("sim-cuda:0")
+        await sample_and_show(app, pilot)
+
+        assert card_ids(app) == ["cpu", "sim-cuda:1", "sim-hip:0"]
+        assert app.screen.board.target == ()
+        assert app.screen.board.draft == "sim-hip:0"  # the rest of the placement stays
+        assert any("TARGET taken off sim-cuda:0: the device has gone" in n for n in notes(app)), (
+            notes(app)
+        )
+        log = "\n".join(line.text for line in app.screen.event_log.lines)
+        assert "sim-cuda:0 has gone" in log
+        assert "sim-cuda:0" not in app.screen.query_one(HistoryChart).render()
+
+        # the board goes on working without it
+        assert app.screen.place("target", "sim-hip:0")
+        assert app.screen.board.target == ("sim-hip:0",)
+        assert app.screen.board.why_not("target", "sim-cuda:0") == "no device 'sim-cuda:0' any more"
+
+
+async def test_a_device_that_appears_gets_a_card_in_device_order():
+    app = make_app(refresh_s=REFRESH_S)
+    backend = app.inventory.owners["sim-cuda:0"]
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        backend.plug(Device("sim-cuda:2", "cuda", "Simulated NVIDIA H100", 2, True, 80 * GIB))
+        await sample_and_show(app, pilot)
+
+        assert card_ids(app) == ["cpu", "sim-cuda:0", "sim-cuda:1", "sim-hip:0", "sim-cuda:2"]
+        assert app.screen.place("draft", "sim-cuda:2")
+        await pilot.pause()
+        assert labels(app, "sim-cuda:2") == [" DRAFT "]
+
+
+@pytest.fixture
+def resident_child():
+    """A real process that keeps HELD_BYTES of written memory resident until the test ends."""
+    code = f"import time; held = b'x' * {HELD_BYTES}; print('ready', flush=True); time.sleep(60)"
+    children = []
+    try:
+        while not children or children[-1].pid == GPU_PID:  # that pid has a GPU figure
+            children.append(
+                subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+            )
+        assert children[-1].stdout.readline().strip() == "ready"
+        yield children[-1]
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+
+
+@pytest.mark.parametrize("device_id", ["sim-cuda:0", "cpu"])
+async def test_a_daemon_on_a_card_that_runs_on_the_host_shows_its_resident_memory(
+    device_id, resident_child
+):
+    app = make_app(refresh_s=REFRESH_S)
+    pid = resident_child.pid
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.screen.place("target", device_id)
+        app.screen.handle = object()  # as if launched; the runner reports the daemon's pid
+        app.screen.post_message(RunEventArrived(DaemonEvent("target", pid, (device_id,))))
+        await sample_and_show(app, pilot)
+
+        (label,) = labels(app, device_id)
+        shown = re.fullmatch(rf" TARGET pid {pid} RSS (\d+) MiB ", label)
+        assert shown, label
+        rss_mib = psutil.Process(pid).memory_info().rss / 2**20
+        assert int(shown.group(1)) >= HELD_BYTES / 2**20
+        assert abs(int(shown.group(1)) - rss_mib) <= 2
+
+
+async def test_a_daemon_the_device_reports_shows_the_device_figure_not_its_rss():
+    app = make_app(refresh_s=REFRESH_S)
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.screen.place("target", "sim-cuda:0")
+        app.screen.handle = object()
+        app.screen.post_message(RunEventArrived(DaemonEvent("target", GPU_PID, ("sim-cuda:0",))))
+        await sample_and_show(app, pilot)
+
+        assert labels(app, "sim-cuda:0") == [f" TARGET pid {GPU_PID} 3.0 GiB "]
