@@ -40,7 +40,7 @@ INITIAL_CAPACITY = 512
 MATMULS = ("auto", "torch", "numpy")
 PROBE_ROUNDS = 15
 PROBE_ROWS = 8192  # of the lm_head: a 150k-token vocabulary would make the probe slow
-NUMPY_MARGIN = 0.9  # numpy must be at least 10 % faster to be chosen
+TORCH_MARGIN = 0.9  # torch must be at least 10 % faster to be chosen over numpy
 
 Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -94,8 +94,38 @@ def store_transposed(weight: torch.Tensor) -> None:
             weight.data = weight.data.t().contiguous().t()
 
 
+def pin_numpy_blas_to_one_thread() -> bool:
+    """Keep numpy's BLAS on the calling thread for the rest of the process; False when
+    threadpoolctl (a dependency of specdeck) is missing and nothing could be done.
+
+    Left at their default, its threads spin against torch's OpenMP workers for the same
+    cores: with two of each on the 2-core VM, the demo draft's six forwards took 138 ms a
+    step instead of 8. A one-row product gains nothing from threads anyway. Only numpy's
+    own library is limited; a torch built on OpenBLAS keeps its threads.
+    """
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return False
+    controller = ThreadpoolController()
+    paths = [
+        info["filepath"]
+        for info in controller.info()
+        if info["user_api"] == "blas"
+        and ("numpy" in info["filepath"] or "scipy_openblas" in info["filepath"])
+    ]
+    if paths:
+        controller.select(filepath=paths).limit(limits=1)
+    return True
+
+
 def choose_cpu_matmul(weight: torch.Tensor) -> str:
-    """'numpy' or 'torch': the faster one-row product with `weight` on this machine.
+    """'numpy', unless torch's one-row product with `weight` is clearly faster here.
+
+    numpy is the default because a hot-cache probe understates its lead: inside the
+    speculative loop, where the target's weights have just flushed the caches, the demo
+    draft's forward took 1.1-1.4 ms through numpy against 1.3-1.5 ms through torch on the
+    development VM, while the probe saw a 10-15 % difference (docs/demo-models.md).
 
     Only float32 CPU weights can take numpy's path. The probe times both alternately on the
     model's own lm_head (its first PROBE_ROWS rows, as laid out for decoding) and keeps the
@@ -112,7 +142,7 @@ def choose_cpu_matmul(weight: torch.Tensor) -> str:
                 start = time.perf_counter()
                 linear(x, weight, None)
                 best[name] = min(best[name], time.perf_counter() - start)
-    return "numpy" if best["numpy"] < NUMPY_MARGIN * best["torch"] else "torch"
+    return "torch" if best["torch"] < TORCH_MARGIN * best["numpy"] else "numpy"
 
 
 @dataclass(frozen=True)
@@ -192,8 +222,13 @@ class LeanDecoder:
         self.groups = self.heads // self.kv_heads
         self.scaling = float(first.scaling)
         self.layers = [self._layer(layer, cpu_float32) for layer in inner.layers]
+        asked = matmul
         if matmul == "auto":
             matmul = choose_cpu_matmul(self.lm_head)
+        if matmul == "numpy" and not pin_numpy_blas_to_one_thread():
+            if asked == "numpy":
+                raise ValueError("numpy matmul needs threadpoolctl (pip install threadpoolctl)")
+            matmul = "torch"  # unpinned, numpy's threads would fight torch's
         self.matmul = matmul
         self._linear: Linear = numpy_linear if matmul == "numpy" else F.linear
         self.length = 0

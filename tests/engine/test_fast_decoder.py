@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -151,6 +153,27 @@ def test_matmul_choice():
     bf16 = LeanDecoder(llama().to(torch.bfloat16))  # keeps its layout and torch's products
     assert bf16.matmul == "torch"
     assert bf16.layers[0].qkv[0].is_contiguous()
+
+
+def test_numpy_products_keep_numpys_blas_on_one_thread():
+    from threadpoolctl import threadpool_info
+
+    LeanDecoder(llama(), "numpy")
+    numpy_blas = [
+        pool
+        for pool in threadpool_info()
+        if pool["user_api"] == "blas" and "openblas" in pool["filepath"].lower()
+    ]
+    assert numpy_blas, "numpy's wheel bundles OpenBLAS"
+    assert {pool["num_threads"] for pool in numpy_blas} == {1}
+
+
+def test_without_threadpoolctl_auto_keeps_torch_and_numpy_is_refused(monkeypatch):
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import fails
+    monkeypatch.setattr(fast_decoder, "choose_cpu_matmul", lambda weight: "numpy")
+    assert LeanDecoder(llama(), "auto").matmul == "torch"
+    with pytest.raises(ValueError, match="needs threadpoolctl"):
+        LeanDecoder(llama(), "numpy")
 
 
 UNSUPPORTED = {  # model -> what the refusal names
