@@ -8,12 +8,10 @@ weight tensors, with keys and values in preallocated tensors of shape
 `lean_unsupported(model)` names what it cannot run exactly; `open_decoder` then returns an
 `HFDecoder` (transformers' own forward and cache) with the same four methods.
 
-On a CPU the lean path's matrix products go through whichever of torch's BLAS and numpy's
-is faster on this machine (`choose_cpu_matmul`). torch's CPU wheels multiply through MKL,
-which takes a generic code path on AMD processors; numpy's wheels bundle OpenBLAS, which
-picks kernels for the actual CPU. On the AMD EPYC development VM a one-row product with a
-draft's 8,192 x 256 lm_head costs 0.13 ms through numpy and ~0.4 ms through torch; on Intel
-CPUs MKL is usually as fast or faster, and the probe keeps torch.
+On a CPU, in float32, the lean path keeps its weights column-major (faster one-row
+products) and multiplies through whichever of torch's BLAS (MKL in the x86 wheels) and
+numpy's (the OpenBLAS its wheels bundle) decodes faster on this machine, timed once per
+decoder: numpy on the AMD EPYC development VM, torch on the Intel Xeon of the lent GPU host.
 """
 
 from __future__ import annotations
@@ -38,9 +36,10 @@ LEAN_ARCHITECTURES = {
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # inv_freq fixed at load
 INITIAL_CAPACITY = 512
 MATMULS = ("auto", "torch", "numpy")
-PROBE_ROUNDS = 15
-PROBE_ROWS = 8192  # of the lm_head: a 150k-token vocabulary would make the probe slow
-TORCH_MARGIN = 0.9  # torch must be at least 10 % faster to be chosen over numpy
+PROBE_ROUNDS = 5
+PROBE_STEPS = 3  # decode steps per round: the first after a cache flush, as in the loop
+PROBE_BUDGET_S = 0.5  # stop probing early on a model whose forward is slow
+FLUSH_BYTES = 64 << 20  # more than the last-level cache of most CPUs
 
 Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -94,8 +93,8 @@ def store_transposed(weight: torch.Tensor) -> None:
             weight.data = weight.data.t().contiguous().t()
 
 
-def pin_numpy_blas_to_one_thread() -> bool:
-    """Keep numpy's BLAS on the calling thread for the rest of the process; False when
+def numpy_blas_one_thread() -> Any | None:
+    """Limit numpy's BLAS to the calling thread; the limiter (to undo it), or None when
     threadpoolctl (a dependency of specdeck) is missing and nothing could be done.
 
     Left at their default, its threads spin against torch's OpenMP workers for the same
@@ -106,7 +105,7 @@ def pin_numpy_blas_to_one_thread() -> bool:
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:
-        return False
+        return None
     controller = ThreadpoolController()
     paths = [
         info["filepath"]
@@ -114,40 +113,12 @@ def pin_numpy_blas_to_one_thread() -> bool:
         if info["user_api"] == "blas"
         and ("numpy" in info["filepath"] or "scipy_openblas" in info["filepath"])
     ]
-    if paths:
-        controller.select(filepath=paths).limit(limits=1)
-    return True
-
-
-def choose_cpu_matmul(weight: torch.Tensor) -> str:
-    """'numpy', unless torch's one-row product with `weight` is clearly faster here.
-
-    numpy is the default because a hot-cache probe understates its lead: inside the
-    speculative loop, where the target's weights have just flushed the caches, the demo
-    draft's forward took 1.1-1.4 ms through numpy against 1.3-1.5 ms through torch on the
-    development VM, while the probe saw a 10-15 % difference (docs/demo-models.md).
-
-    Only float32 CPU weights can take numpy's path. The probe times both alternately on the
-    model's own lm_head (its first PROBE_ROWS rows, as laid out for decoding) and keeps the
-    best of each; it takes a few milliseconds, once per decoder.
-    """
-    if weight.device.type != "cpu" or weight.dtype != torch.float32:
-        return "torch"
-    weight = weight[:PROBE_ROWS]
-    with torch.inference_mode():
-        x = torch.randn(1, weight.shape[1])
-        best = {"torch": float("inf"), "numpy": float("inf")}
-        for _ in range(PROBE_ROUNDS):
-            for name, linear in (("torch", F.linear), ("numpy", numpy_linear)):
-                start = time.perf_counter()
-                linear(x, weight, None)
-                best[name] = min(best[name], time.perf_counter() - start)
-    return "torch" if best["torch"] < TORCH_MARGIN * best["numpy"] else "numpy"
+    return controller.select(filepath=paths).limit(limits=1)
 
 
 @dataclass(frozen=True)
 class _Layer:
-    """One decoder layer's weight tensors (the HF module's own, not copies)."""
+    """One decoder layer's weight tensors (the HF modules hold views of the stacked ones)."""
 
     input_norm: torch.Tensor
     qkv: tuple[torch.Tensor, torch.Tensor | None]  # q, k and v projections stacked
@@ -189,8 +160,9 @@ def stack_projections(
 class LeanDecoder:
     """Forwards new tokens after a flat KV cache; `crop(n)` keeps the first n tokens.
 
-    `matmul` is "auto" (probe, see `choose_cpu_matmul`), "torch" or "numpy" (float32 on the
-    CPU only); `self.matmul` says which one runs.
+    `matmul` is "auto" (float32 on a CPU: the faster of torch's and numpy's BLAS, probed at
+    construction), "torch" or "numpy" (float32 on the CPU only); `self.matmul` says which
+    one runs.
     """
 
     def __init__(self, model: Any, matmul: str = "auto") -> None:
@@ -222,20 +194,53 @@ class LeanDecoder:
         self.groups = self.heads // self.kv_heads
         self.scaling = float(first.scaling)
         self.layers = [self._layer(layer, cpu_float32) for layer in inner.layers]
-        asked = matmul
-        if matmul == "auto":
-            matmul = choose_cpu_matmul(self.lm_head)
-        if matmul == "numpy" and not pin_numpy_blas_to_one_thread():
-            if asked == "numpy":
-                raise ValueError("numpy matmul needs threadpoolctl (pip install threadpoolctl)")
-            matmul = "torch"  # unpinned, numpy's threads would fight torch's
-        self.matmul = matmul
-        self._linear: Linear = numpy_linear if matmul == "numpy" else F.linear
+        self.matmul = "torch"
+        self._linear: Linear = F.linear
         self.length = 0
         self._keys = self._values = torch.empty(0)
         self._cos = self._sin = torch.empty(0)
         with torch.inference_mode():
             self._allocate(INITIAL_CAPACITY)
+        if matmul != "torch" and cpu_float32:
+            self._use_numpy_if_faster(forced=matmul == "numpy")
+
+    def _use_numpy_if_faster(self, forced: bool) -> None:
+        """Multiply through numpy's BLAS if `forced`, or if it decodes faster here.
+
+        The probe times this model's own decode steps both ways, alternately, each round
+        starting from caches flushed as a target's forward flushes them between drafts, and
+        compares the best round of each. On the development VM (AMD EPYC) numpy wins; on the
+        lent GPU host's Intel Xeon, torch (MKL) does: see docs/demo-models.md.
+        """
+        limiter = numpy_blas_one_thread()
+        if limiter is None:
+            if forced:
+                raise ValueError("numpy matmul needs threadpoolctl (pip install threadpoolctl)")
+            return  # unpinned, numpy's threads would fight torch's for the cores
+        if forced or self._probe_numpy_wins():
+            self.matmul, self._linear = "numpy", numpy_linear
+        else:
+            limiter.restore_original_limits()
+
+    @torch.inference_mode()
+    def _probe_numpy_wins(self) -> bool:
+        flush = torch.empty(FLUSH_BYTES // 4)
+        token = torch.zeros(1, dtype=torch.long)
+        best = {"torch": float("inf"), "numpy": float("inf")}
+        deadline = time.perf_counter() + PROBE_BUDGET_S
+        for _ in range(PROBE_ROUNDS):
+            for name, linear in (("torch", F.linear), ("numpy", numpy_linear)):
+                self._linear = linear
+                flush.fill_(1.0)
+                start = time.perf_counter()
+                for _ in range(PROBE_STEPS):
+                    self.forward(token)
+                best[name] = min(best[name], time.perf_counter() - start)
+                self.reset()
+            if time.perf_counter() > deadline:
+                break
+        self._linear = F.linear
+        return best["numpy"] < best["torch"]
 
     @staticmethod
     def _layer(layer: Any, column_major: bool) -> _Layer:

@@ -142,10 +142,20 @@ def test_stacked_projections_share_the_models_weights_and_keep_its_logits():
     torch.testing.assert_close(reference_logits(model, CONTEXT), before, rtol=1e-5, atol=1e-6)
 
 
-def test_matmul_choice():
-    assert fast_decoder.choose_cpu_matmul(torch.zeros(64, 32, dtype=torch.bfloat16)) == "torch"
-    assert fast_decoder.choose_cpu_matmul(torch.randn(256, 64)) in ("torch", "numpy")
-    assert LeanDecoder(llama(), "auto").matmul in ("torch", "numpy")
+def test_matmul_choice_follows_the_probe(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    def numpy_blas_threads():
+        return {p["num_threads"] for p in threadpool_info() if "openblas" in p["filepath"]}
+
+    assert LeanDecoder(llama(), "auto").matmul in ("torch", "numpy")  # the real probe runs
+    threads = numpy_blas_threads()
+    monkeypatch.setattr(LeanDecoder, "_probe_numpy_wins", lambda self: False)
+    assert LeanDecoder(llama(), "auto").matmul == "torch"
+    assert numpy_blas_threads() == threads  # torch chosen: numpy's BLAS as it was
+    monkeypatch.setattr(LeanDecoder, "_probe_numpy_wins", lambda self: True)
+    assert LeanDecoder(llama(), "auto").matmul == "numpy"
+    assert numpy_blas_threads() == {1}
     with pytest.raises(ValueError, match="matmul must be one of"):
         LeanDecoder(llama(), "blas")
     with pytest.raises(ValueError, match="needs float32 weights on the CPU"):
@@ -170,7 +180,7 @@ def test_numpy_products_keep_numpys_blas_on_one_thread():
 
 def test_without_threadpoolctl_auto_keeps_torch_and_numpy_is_refused(monkeypatch):
     monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import fails
-    monkeypatch.setattr(fast_decoder, "choose_cpu_matmul", lambda weight: "numpy")
+    monkeypatch.setattr(LeanDecoder, "_probe_numpy_wins", lambda self: True)
     assert LeanDecoder(llama(), "auto").matmul == "torch"
     with pytest.raises(ValueError, match="needs threadpoolctl"):
         LeanDecoder(llama(), "numpy")
