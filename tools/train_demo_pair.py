@@ -7,6 +7,11 @@ One command reproduces engine/demo_models/ on one GPU in about eight minutes:
 The corpus is the Python source of the training machine (standard library and installed
 site-packages), deduplicated by content hash and split into train and held-out by file.
 `--smoke` runs every stage with a tiny corpus, tiny models and a few steps, on a CPU.
+`--target-from FOLDER` keeps a trained target and its tokenizer (same corpus required) and
+trains only a new draft against it, e.g. for a longer distillation:
+
+    python3 tools/train_demo_pair.py --target-from engine/demo_models/target \
+        --draft-seconds 330 --out /tmp/demo_models
 """
 
 from __future__ import annotations
@@ -513,6 +518,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draft-steps", type=int, help="fixed steps instead of a time budget")
     parser.add_argument("--target-seconds", type=float)
     parser.add_argument("--draft-seconds", type=float)
+    parser.add_argument(
+        "--target-from",
+        type=Path,
+        help="keep this trained target (and its tokenizer); train only a new draft against it",
+    )
     args = parser.parse_args(argv)
     settings = SMOKE if args.smoke else FULL
     overrides = {
@@ -534,6 +544,14 @@ def main(argv: list[str] | None = None) -> int:
     corpus_s = time.perf_counter() - stage_start
     log(f"corpus {json.dumps(corpus.summary())}")
 
+    target_record = None
+    if args.target_from is not None:
+        target_record = json.loads((args.target_from / "training.json").read_text())
+        if target_record["corpus"]["sha256"] != corpus.sha256:
+            sys.exit(
+                f"error: {args.target_from} was trained on corpus "
+                f"{target_record['corpus']['sha256'][:12]}, this machine's is {corpus.sha256[:12]}"
+            )
     target_dir, draft_dir = args.out / "target", args.out / "draft"
     for folder in (target_dir, draft_dir):
         folder.mkdir(parents=True, exist_ok=True)
@@ -541,7 +559,12 @@ def main(argv: list[str] | None = None) -> int:
             if old.is_file():
                 old.unlink()
     stage_start = time.perf_counter()
-    tokenizer = train_tokenizer(corpus, settings, target_dir)
+    if args.target_from is None:
+        tokenizer = train_tokenizer(corpus, settings, target_dir)
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.target_from)
     tokenizer_s = time.perf_counter() - stage_start
     log(f"tokenizer: {len(tokenizer)} tokens in {tokenizer_s:.1f}s")
 
@@ -551,20 +574,30 @@ def main(argv: list[str] | None = None) -> int:
     encode_s = time.perf_counter() - stage_start
     log(f"tokens: train {len(train_stream)} heldout {len(heldout_stream)} in {encode_s:.1f}s")
 
-    target = build_model(settings.target, settings, tokenizer).to(device)
+    if target_record is None:
+        target = build_model(settings.target, settings, tokenizer).to(device)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        target = AutoModelForCausalLM.from_pretrained(args.target_from, dtype=torch.float32)
+        target = target.to(device)
     draft = build_model(settings.draft, settings, tokenizer).to(device)
     log(f"params: target {parameter_count(target)} draft {parameter_count(draft)}")
 
-    target_log = run_training(
-        target,
-        lm_loss(target),
-        train_stream,
-        settings,
-        peak_lr=settings.target_lr,
-        seconds=settings.target_seconds,
-        steps=settings.target_steps,
-        name="target",
-    )
+    if target_record is None:
+        target_log = run_training(
+            target,
+            lm_loss(target),
+            train_stream,
+            settings,
+            peak_lr=settings.target_lr,
+            seconds=settings.target_seconds,
+            steps=settings.target_steps,
+            name="target",
+        )
+    else:  # the saved target, as shipped (bf16 weights): the draft learns what will run
+        target_log = TrainLog(**target_record["target_training"])
+        target.eval()
     log(f"target done: {target_log.steps} steps, loss {target_log.last_loss}")
     target.requires_grad_(False)
     draft_log = run_training(
@@ -591,6 +624,8 @@ def main(argv: list[str] | None = None) -> int:
         "target_bytes": save_model(target, tokenizer, target_dir),
         "draft_bytes": save_model(draft, tokenizer, draft_dir),
     }
+    if target_record is not None:
+        sizes["target_bytes"] = target_record["sizes"]["target_bytes"]
     record = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "smoke": args.smoke,
@@ -607,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
             "corpus": round(corpus_s, 1),
             "tokenizer": round(tokenizer_s, 1),
             "encode": round(encode_s, 1),
-            "target": target_log.wall_s,
+            "target": target_log.wall_s if target_record is None else 0.0,
             "draft": draft_log.wall_s,
             "total": round(time.perf_counter() - _START, 1),
         },
@@ -617,8 +652,16 @@ def main(argv: list[str] | None = None) -> int:
         "sample": {"prompt": SAMPLE_PROMPT, "completion": sample},
         "sizes": sizes,
     }
+    if target_record is not None:
+        record["target_from"] = {"folder": str(args.target_from), "record": target_record}
     for folder in (target_dir, draft_dir):
         (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    if target_record is not None:  # the target's files stay byte for byte as they were
+        for source in args.target_from.iterdir():
+            if source.is_file():
+                (target_dir / source.name).write_bytes(source.read_bytes())
+                if source.name.startswith(("tokenizer", "special_tokens")):
+                    (draft_dir / source.name).write_bytes(source.read_bytes())
     log(f"saved to {args.out}: {json.dumps(sizes)}")
     return 0
 
