@@ -163,6 +163,10 @@ class LeanDecoder:
     `matmul` is "auto" (float32 on a CPU: the faster of torch's and numpy's BLAS, probed at
     construction), "torch" or "numpy" (float32 on the CPU only); `self.matmul` says which
     one runs.
+
+    The model is changed in place, values untouched: its q/k/v and gate/up weights become
+    views of stacked tensors, column-major on a CPU in float32. Its own forward still runs;
+    saving it with safetensors would need `.contiguous()` copies of the shared weights.
     """
 
     def __init__(self, model: Any, matmul: str = "auto") -> None:
