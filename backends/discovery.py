@@ -64,6 +64,16 @@ class Inventory:
             return self
         return replace(self, devices=tuple(devices), owners={d.id: owners[d.id] for d in devices})
 
+    def after(self, first: Inventory) -> Inventory:
+        """`first`'s devices and backends ahead of these: GPUs discovered late still come
+        before the CPU and simulated devices."""
+        return Inventory(
+            devices=first.devices + self.devices,
+            unavailable=first.unavailable + self.unavailable,
+            owners={**first.owners, **self.owners},
+            backends=first.backends + self.backends,
+        )
+
     def set_phase(self, phase: str) -> None:
         """Tell simulated devices what the run is doing, so their telemetry follows it."""
         for backend in self.backends:
@@ -89,9 +99,14 @@ def _follow_backend(
     return others[:at] + list(found) + others[at:]
 
 
+def vendor_backends() -> tuple[Backend, ...]:
+    """The GPU vendors' backends, in the order their devices are listed."""
+    return (NvmlBackend(), AmdSmiBackend())
+
+
 def default_backends() -> tuple[Backend, ...]:
     """The real backends, in the order their devices are listed."""
-    return (NvmlBackend(), AmdSmiBackend(), CpuBackend())
+    return (*vendor_backends(), CpuBackend())
 
 
 def discover(simulate: str | None = None, backends: Sequence[Backend] | None = None) -> Inventory:

@@ -7,10 +7,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from backends.base import PHASES, Sample
-from backends.discovery import Inventory
+from backends.base import PHASES, Backend, Sample
+from backends.discovery import Inventory, discover
 
 log = logging.getLogger(__name__)
 
@@ -18,10 +18,21 @@ log = logging.getLogger(__name__)
 class DeviceSampler:
     """Polls an inventory's devices, stamps each sample with the run phase, keeps the last N."""
 
-    def __init__(self, inventory: Inventory, interval_s: float = 1.0, history: int = 120) -> None:
+    def __init__(
+        self,
+        inventory: Inventory,
+        interval_s: float = 1.0,
+        history: int = 120,
+        discover_first: Sequence[Backend] = (),
+    ) -> None:
+        """`discover_first`: backends whose devices the thread discovers before its first
+        poll, ahead of the inventory's (the dashboard's GPUs: their libraries' imports and
+        start-up stay off the path to the first frame)."""
         if interval_s <= 0 or history < 1:
             raise ValueError("interval_s must be positive and history at least 1")
         self.inventory = inventory  # the devices there now: replaced when one goes or comes
+        self._discover_first = tuple(discover_first)
+        self._on_devices: list[Callable[[], None]] = []
         self.interval_s = interval_s
         self._keep = history
         self._history = {d.id: deque(maxlen=history) for d in inventory.devices}
@@ -54,6 +65,17 @@ class DeviceSampler:
                     self._subscribers.remove(callback)
 
         return unsubscribe
+
+    def on_devices_changed(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` from the sampler thread whenever the device list changes."""
+        with self._lock:
+            self._on_devices.append(callback)
+
+    def discover_pending(self) -> None:
+        """Discover the `discover_first` backends now (once), ahead of the other devices."""
+        backends, self._discover_first = self._discover_first, ()
+        if backends:
+            self._follow(self.inventory.after(discover(None, backends)))
 
     def latest(self, device_id: str) -> Sample | None:
         """The newest sample of a device, or None before its first."""
@@ -104,6 +126,12 @@ class DeviceSampler:
                 d.id: self._history.get(d.id, deque(maxlen=self._keep)) for d in inventory.devices
             }
             self.inventory = inventory
+            listeners = list(self._on_devices)
+        for callback in listeners:
+            try:
+                callback()
+            except Exception:  # a broken listener must not stop the sampling
+                log.exception("device list listener failed")
 
     def start(self) -> None:
         """Start polling on a daemon thread (no-op if already running)."""
@@ -121,6 +149,7 @@ class DeviceSampler:
             self._thread = None
 
     def _run(self) -> None:
+        self.discover_pending()
         while not self._stop.is_set():
             started = time.monotonic()
             self.poll()

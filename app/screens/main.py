@@ -51,6 +51,11 @@ class RunEventArrived(Message):
         self.event = event
 
 
+class DevicesChanged(Message):
+    """The sampler's device list changed (GPUs discovered after the first frame, a device
+    gone or come); posted from the sampler thread, which post_message allows."""
+
+
 class MainScreen(Screen):
     """Pick models, place roles on devices, launch, and watch the run."""
 
@@ -127,6 +132,7 @@ class MainScreen(Screen):
             self._catalog_loaded(self.models)
         self.refresh_telemetry()
         self.set_interval(self.refresh_s, self.refresh_telemetry)
+        self.sampler.on_devices_changed(lambda: self.post_message(DevicesChanged()))
         self.call_after_refresh(self._fill)
 
     async def _fill(self) -> None:
@@ -250,6 +256,9 @@ class MainScreen(Screen):
         )
 
     # -- telemetry -----------------------------------------------------------------------
+
+    def on_devices_changed(self, _: DevicesChanged) -> None:
+        self.refresh_telemetry()  # new cards at once, not at the next tick
 
     def refresh_telemetry(self) -> None:
         """Show the sampler's latest readings on every card and in the history pane."""

@@ -1,5 +1,6 @@
 """Devices that go or come while the dashboard runs, and the memory of a daemon on a card."""
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -128,3 +129,24 @@ async def test_a_daemon_the_device_reports_shows_the_device_figure_not_its_rss()
         await sample_and_show(app, pilot)
 
         assert labels(app, "sim-cuda:0") == [f" TARGET pid {GPU_PID} 3.0 GiB "]
+
+
+async def test_gpus_discovered_after_the_first_frame_get_cards_at_once():
+    from app.config import load_config
+    from app.dashboard import DashboardApp
+    from backends.discovery import Inventory
+    from tests.app.dashboard_fakes import DEVICES, MODELS, FixedBackend, PausedSampler
+
+    late = FixedBackend()
+    late.present = [d for d in DEVICES if d.id != "cpu"]
+    host = FixedBackend()
+    host.present = [DEVICES[0]]
+    inventory = Inventory(devices=(DEVICES[0],), owners={"cpu": host}, backends=(host,))
+    sampler = PausedSampler(inventory, interval_s=1.0, history=120, discover_first=(late,))
+    app = DashboardApp(load_config(), inventory, sampler, models=MODELS, refresh_s=60)
+    async with app.run_test(size=SIZE) as pilot:
+        assert card_ids(app) == ["cpu"]
+        await asyncio.to_thread(sampler.discover_pending)  # as the sampler's thread does
+        await pilot.pause()
+        await pilot.pause()
+        assert card_ids(app) == ["sim-cuda:0", "sim-cuda:1", "sim-hip:0", "cpu"]

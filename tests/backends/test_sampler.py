@@ -164,3 +164,49 @@ def test_a_device_that_appears_is_sampled_from_the_next_round():
     assert [d.id for d in sampler.inventory.devices] == ["sim-cuda:0", "sim-cuda:1", "sim-hip:0"]
     assert [s.device_id for s in taken] == ["sim-cuda:0", "sim-cuda:1", "sim-hip:0"]
     assert len(sampler.history("sim-cuda:1")) == 1 and len(sampler.history("sim-cuda:0")) == 3
+
+
+class AbsentVendor(Backend):
+    """A vendor backend whose library is not there."""
+
+    name = "hip"
+
+    def discover(self):
+        from backends.base import BackendUnavailable
+
+        raise BackendUnavailable("libamd_smi.so not found")
+
+    def sample(self, device):
+        raise AssertionError("never sampled")
+
+
+def test_backends_discovered_on_the_thread_come_ahead_and_are_announced():
+    cpu = Device(id="cpu", backend="cpu", name="CPU")
+
+    class CpuOnly(CountingBackend):
+        name = "cpu"
+
+        def discover(self):
+            return [cpu]
+
+    host = CpuOnly()
+    gpus = CountingBackend()
+    sampler = DeviceSampler(
+        inventory_of(host), interval_s=0.01, discover_first=(gpus, AbsentVendor())
+    )
+    assert [d.id for d in sampler.inventory.devices] == ["cpu"]  # nothing discovered yet
+    changed = threading.Event()
+    sampler.on_devices_changed(changed.set)
+    sampler.start()
+    try:
+        assert changed.wait(5)
+        assert [d.id for d in sampler.inventory.devices] == ["cuda:0", "cuda:1", "cpu"]
+        assert [u.backend for u in sampler.inventory.unavailable] == ["hip"]
+        deadline = time.monotonic() + 5
+        while not sampler.history("cuda:1") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sampler.history("cuda:1")  # sampled like any other device
+    finally:
+        sampler.stop()
+    sampler.discover_pending()  # once only: nothing more to find
+    assert [d.id for d in sampler.inventory.devices] == ["cuda:0", "cuda:1", "cpu"]
