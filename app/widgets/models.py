@@ -78,13 +78,15 @@ class ModelsPanel(Vertical):
 
     async def fill(self) -> None:
         """Put the pickers in their slots; the screen does it after the first frame."""
-        models, options = self.models, self._options()
+        # options and choices as they are now: the catalog may arrive while a picker mounts,
+        # and a choice from the new catalog is not a valid value among the old options
+        models, options, chosen_now = self.models, self._options(), dict(self._chosen)
         with self.app.batch_update():
             for role in ("target", "draft"):
                 if not self.is_attached:  # the app is closing
                     return
                 slot = self.query_one(f"#slot-{role}", Static)
-                chosen = self._chosen[role]
+                chosen = chosen_now[role]
                 picker = Select(
                     options,
                     prompt=f"{role} model",

@@ -150,3 +150,34 @@ async def test_gpus_discovered_after_the_first_frame_get_cards_at_once():
         await pilot.pause()
         await pilot.pause()
         assert card_ids(app) == ["sim-cuda:0", "sim-cuda:1", "sim-hip:0", "cpu"]
+
+
+async def test_the_catalog_arriving_while_the_pickers_mount_does_not_break_them():
+    """The catalog scan (on Ready) may end between the two pickers' mounts."""
+    from textual.app import App
+    from textual.widgets import Select
+
+    from app.widgets.models import ModelsPanel
+    from tests.app.dashboard_fakes import MODELS
+
+    class Host(App):
+        def compose(self):
+            yield ModelsPanel(id="models")
+
+    app = Host()
+    async with app.run_test() as pilot:
+        panel = app.query_one(ModelsPanel)
+        mount = panel.mount
+
+        def mount_then_catalog(*widgets, **kw):
+            done = mount(*widgets, **kw)
+            if not panel.models:
+                panel.set_models(MODELS)  # the scan's result, mid-fill
+            return done
+
+        panel.mount = mount_then_catalog
+        await panel.fill()
+        await pilot.pause()
+        pickers = {p.id: p.value for p in panel.query(Select)}
+        assert pickers == {"pick-target": 0, "pick-draft": 1}
+        assert (panel.target, panel.draft) == (MODELS[0], MODELS[1])
