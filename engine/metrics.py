@@ -56,6 +56,17 @@ class AcceptanceStats:
     def acceptance_rate(self) -> float | None:
         return self.accepted / self.drafted if self.drafted else None
 
+    def totals(self) -> dict[str, int | float | None]:
+        """The counts and the two ratios, as run documents and bench rows carry them."""
+        return {
+            "steps": self.steps,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "committed": self.committed,
+            "mean_acceptance_length": self.mean_acceptance_length,
+            "acceptance_rate": self.acceptance_rate,
+        }
+
     @property
     def per_position_acceptance(self) -> list[float]:
         return [hit / seen for hit, seen in self._positions if seen]

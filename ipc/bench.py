@@ -190,12 +190,7 @@ def pooled_figures(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "prompt_count": len(documents),
         "prompt_tokens": sum(d.get("prompt_tokens", 0) for d in documents),
         **spec,
-        "steps": stats.steps,
-        "drafted": stats.drafted,
-        "accepted": stats.accepted,
-        "committed": stats.committed,
-        "mean_acceptance_length": stats.mean_acceptance_length,
-        "acceptance_rate": stats.acceptance_rate,
+        **stats.totals(),
         "prefill_s": sum(d.get("prefill_s", 0.0) for d in documents),
         "wall_s": sum(d.get("wall_s", 0.0) for d in documents),
         "baseline": base,
@@ -337,12 +332,7 @@ def split_session(
         data_dir=data_dir,
         config_path=config_path,
     )
-    try:
-        result = handle.wait()
-    except KeyboardInterrupt:
-        handle.stop()
-        handle.wait()
-        raise
+    result = handle.wait_to_end()
     if result is None or handle.error is not None:
         text = handle.error.text if handle.error else "the run stopped"
         raise BenchRunFailed(f"{text} (record {handle.record_dir})")

@@ -107,6 +107,15 @@ class RunHandle:
         self._done.wait(timeout)
         return self.result
 
+    def wait_to_end(self) -> dict | None:
+        """`wait()` for the run's end; Ctrl+C stops it (daemons down, record kept) first."""
+        try:
+            return self.wait()
+        except KeyboardInterrupt:
+            self.stop()
+            self.wait()
+            raise
+
     @property
     def finished(self) -> bool:
         return self._done.is_set()
@@ -452,16 +461,18 @@ class _Run:
                 text += f"; its last words: {tail}"
         self.failure = self.failure or ev.ErrorEvent(daemon.role, text, status)
 
-    def _document(self, generation: dict) -> dict:
+    def _header(self) -> dict:
+        """Models, placement and mode: what every document of this run starts with."""
         req = self.request
         return {
             "target_model": req.target_model,
             "draft_model": req.draft_model,
             "placement": {"target": list(req.placement.target), "draft": req.placement.draft},
             "mode": req.mode,
-            **generation,
-            "run_id": self.handle.run_id,
         }
+
+    def _document(self, generation: dict) -> dict:
+        return {**self._header(), **generation, "run_id": self.handle.run_id}
 
     def _session_document(self, stopped: bool) -> dict:
         """The session's document: pooled figures over its prompts, then each prompt's."""
@@ -469,10 +480,7 @@ class _Run:
 
         req = self.request
         return {
-            "target_model": req.target_model,
-            "draft_model": req.draft_model,
-            "placement": {"target": list(req.placement.target), "draft": req.placement.draft},
-            "mode": req.mode,
+            **self._header(),
             "k": req.k,
             "temperature": req.temperature,
             "seed": req.seed,

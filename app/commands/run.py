@@ -145,12 +145,7 @@ def run_split(
             data_dir=data_dir(),
             config_path=config.path,
         )
-        try:
-            result = handle.wait()
-        except KeyboardInterrupt:
-            handle.stop()
-            handle.wait()
-            raise
+        result = handle.wait_to_end()
     finally:
         inventory.close()
     if result is None:
