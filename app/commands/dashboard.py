@@ -26,7 +26,7 @@ def build_app(args: argparse.Namespace, app_class: Any = None) -> Any:
     if theme not in names:
         theme = None  # a stale name in the config falls back to the default
     # the CPU and simulated devices now; the GPUs on the sampler's thread after the first
-    # frame (importing and starting NVML and amdsmi took ~0.15 s on a GPU host)
+    # frame (importing and starting NVML and amdsmi: ≈0.17 s on the lent GPU host, docs/devices.md)
     inventory = discover(args.simulate, backends=(CpuBackend(),))
     sampler = DeviceSampler(
         inventory, interval_s=1.0, history=120, discover_first=vendor_backends()
