@@ -96,7 +96,11 @@ def watch_parent(parent_pid: int, use_pdeathsig: bool, interval_s: float = 0.2) 
 
 
 class Telemetry:
-    """A thread that owns the daemon's XPUB socket: queued events plus periodic heartbeats."""
+    """A thread that owns the daemon's XPUB socket: queued events plus heartbeats on a clock.
+
+    The thread is the daemon's sign of life, so a long GPU step on the main thread never
+    looks like a hang; every event it sends counts as a sign of life too.
+    """
 
     def __init__(self, ctx: zmq.Context, endpoint: str, role: str, heartbeat_s: float) -> None:
         self.role = role
@@ -108,14 +112,14 @@ class Telemetry:
         self._thread.start()
 
     def emit(self, type_: str, fields: dict | None = None, arrays: dict | None = None) -> None:
-        """Queue one event (a codec message) for the supervisor."""
-        self._queue.put(codec.encode(type_, fields, arrays=arrays))
+        """Queue one event (a codec message) for the supervisor, signed with this role."""
+        self._queue.put(codec.encode(type_, {"role": self.role, **(fields or {})}, arrays=arrays))
 
     def status(self, state: str, text: str = "") -> None:
-        self.emit("status", {"role": self.role, "state": state, "text": text})
+        self.emit("status", {"state": state, "text": text})
 
     def log(self, level: str, text: str) -> None:
-        self.emit("log", {"role": self.role, "level": level, "text": text})
+        self.emit("log", {"level": level, "text": text})
 
     def error(self, code: str, text: str) -> None:
         self._queue.put(codec.error_frames(code, text, role=self.role))
@@ -134,13 +138,17 @@ class Telemetry:
         if sock.poll(int(SUBSCRIBER_WAIT_S * 1000), zmq.POLLIN):
             sock.recv()
         pid = os.getpid()
+        next_beat = time.monotonic()
         while True:
+            # a heartbeat goes out on time even while events stream, never queued behind them
+            if time.monotonic() >= next_beat:
+                beat = {"role": self.role, "pid": pid, "time": time.time()}
+                sock.send_multipart(codec.encode("heartbeat", beat))
+                next_beat = time.monotonic() + self._heartbeat_s
             try:
-                frames = self._queue.get(timeout=self._heartbeat_s)
+                frames = self._queue.get(timeout=max(0.0, next_beat - time.monotonic()))
             except queue.Empty:
-                frames = codec.encode(
-                    "heartbeat", {"role": self.role, "pid": pid, "time": time.time()}
-                )
+                continue
             if frames is None:
                 break
             sock.send_multipart(frames)

@@ -24,10 +24,9 @@ from engine.metrics import AcceptanceStats, StepRecord, decode_tokens_per_s
 from ipc import events as ev
 from ipc.daemon_runtime import DaemonSpec
 from ipc.records import RunRecorder, new_run_id
-from ipc.supervisor import Daemon, Incoming, Supervisor, exit_text
+from ipc.supervisor import HEARTBEAT_S, LIVENESS_S, Daemon, Incoming, Supervisor, exit_text
 
 READY_TIMEOUT_S = 900.0  # loading a large model from a cold disk takes minutes
-HEARTBEAT_TIMEOUT_S = 30.0
 POLL_S = 0.1
 
 
@@ -130,8 +129,12 @@ def start_run(
     on_event: Callable[[ev.RunEvent], None] | None = None,
     data_dir: str | os.PathLike | None = None,
     config_path: str | os.PathLike | None = None,
+    liveness_s: float = LIVENESS_S,
 ) -> RunHandle:
-    """Launch the daemons of one run and return at once; the run goes on in a thread."""
+    """Launch the daemons of one run and return at once; the run goes on in a thread.
+
+    A ready daemon that says nothing for `liveness_s` ends the run as failed.
+    """
     placement = request.placement
     if request.mode not in ("inprocess", "split"):
         raise PlacementError(f"unknown mode {request.mode!r} (inprocess or split)")
@@ -172,6 +175,7 @@ def start_run(
         sampler,
         on_event or (lambda event: None),
         str(config_path or ""),
+        liveness_s,
     )
     handle._thread = threading.Thread(target=run.main, name=f"run-{run_id}", daemon=True)
     handle._thread.start()
@@ -191,6 +195,7 @@ class _Run:
         sampler: Any,
         on_event: Callable[[ev.RunEvent], None],
         config_path: str,
+        liveness_s: float,
     ) -> None:
         self.request = request
         self.handle = handle
@@ -200,6 +205,7 @@ class _Run:
         self.sampler = sampler
         self.on_event = on_event
         self.config_path = config_path
+        self.liveness_s = liveness_s
         self.stats = AcceptanceStats()
         self.started = False
         self.stop_sent = False
@@ -214,7 +220,11 @@ class _Run:
 
     def main(self) -> None:
         own_sampler, unsubscribe = self._start_sampling()
-        supervisor = Supervisor(log_dir=self.recorder.folder)
+        supervisor = Supervisor(
+            log_dir=self.recorder.folder,
+            heartbeat_s=min(HEARTBEAT_S, self.liveness_s / 6),
+            liveness_s=self.liveness_s,
+        )
         try:
             self._launch(supervisor)
             self._drive(supervisor)
@@ -322,11 +332,11 @@ class _Run:
                 if not self.stop_sent:
                     supervisor.request("target", "stop")
                     self.stop_sent = True
-            for daemon in supervisor.silent(HEARTBEAT_TIMEOUT_S):
+            for daemon, deadline in supervisor.silent():
                 self.failure = ev.ErrorEvent(
                     daemon.role,
                     f"the {daemon.role} daemon (pid {daemon.pid}) stopped answering: "
-                    f"no heartbeat for {HEARTBEAT_TIMEOUT_S:g} s",
+                    f"nothing heard from it for {deadline:g} s",
                 )
             if not self.started and time.monotonic() - launched > READY_TIMEOUT_S:
                 self.failure = ev.ErrorEvent(

@@ -22,6 +22,11 @@ from ipc.daemon_runtime import DaemonSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MAX_IPC_PATH = 90  # unix socket paths stop at 107 bytes; leave room for the socket names
+HEARTBEAT_S = 0.5
+LIVENESS_S = 3.0  # a ready daemon silent this long is gone
+# before it is ready a daemon loads torch, CUDA and weights; some of that holds the GIL for
+# seconds (dlopen of libtorch_cuda, cuInit), which starves its heartbeat thread
+LOADING_LIVENESS_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -76,11 +81,19 @@ class Daemon:
 class Supervisor:
     """A private run directory of `ipc://` endpoints and the daemons listening there."""
 
-    def __init__(self, *, log_dir: Path | None = None, heartbeat_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        log_dir: Path | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
+        liveness_s: float = LIVENESS_S,
+    ) -> None:
         base = None if len(tempfile.gettempdir()) < MAX_IPC_PATH - 30 else "/tmp"
         self.run_dir = Path(tempfile.mkdtemp(prefix="specdeck-", dir=base))  # mode 0700
         self.log_dir = log_dir or self.run_dir
         self.heartbeat_s = heartbeat_s
+        self.liveness_s = liveness_s
+        self._drained = True  # whether the last poll read everything that had arrived
         self.ctx = zmq.Context()
         self.telemetry = self.ctx.socket(zmq.SUB)
         self.telemetry.setsockopt(zmq.LINGER, 0)
@@ -171,6 +184,7 @@ class Supervisor:
             ready = dict(poller.poll(0))
             if len(got) > 1000:
                 break  # let the caller handle a burst before reading on
+        self._drained = not ready
         return got
 
     def _read(self, sock: zmq.Socket, channel: str, daemon: Daemon | None) -> Incoming:
@@ -197,14 +211,21 @@ class Supervisor:
                 gone.append((daemon, status))
         return gone
 
-    def silent(self, timeout_s: float) -> list[Daemon]:
-        """Running daemons with no heartbeat or reply for `timeout_s`."""
+    def silent(self) -> list[tuple[Daemon, float]]:
+        """Running daemons that said nothing for their liveness deadline, with that deadline.
+
+        Judged only after a poll that read everything waiting, so a reader that fell behind
+        never takes a backlog of signs of life for silence.
+        """
+        if not self._drained:
+            return []
         now = time.monotonic()
-        return [
-            d
-            for d in self.daemons.values()
-            if d.popen.poll() is None and now - d.last_seen > timeout_s
-        ]
+        gone = []
+        for daemon in self.daemons.values():
+            deadline = self.liveness_s if daemon.welcome else LOADING_LIVENESS_S
+            if daemon.popen.poll() is None and now - daemon.last_seen > deadline:
+                gone.append((daemon, deadline))
+        return gone
 
     def stop(self, grace_s: float = 3.0) -> None:
         """Ask every daemon to shut down, terminate those that do not, kill the rest."""

@@ -1,0 +1,71 @@
+"""Liveness: a busy daemon is alive, a stopped one is gone within its deadline, by name."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from backends.discovery import discover
+from ipc import events as ev
+from ipc.runner import start_run
+from tests.ipc.test_runner import Quiet, alive, request
+
+LIVENESS_S = 1.0
+
+
+def wait_for_step(seen, handle, limit_s=120):
+    deadline = time.monotonic() + limit_s
+    while not any(isinstance(e, ev.StepEvent) for e in seen) and not handle.finished:
+        assert time.monotonic() < deadline, "no step within the time limit"
+        time.sleep(0.01)
+
+
+def test_a_split_run_decoding_far_past_the_liveness_deadline_finishes(tiny_pair, tmp_path):
+    seen = []
+    handle = start_run(
+        request(tiny_pair, max_new_tokens=900, k=1),
+        inventory=discover(),
+        backend_python={},
+        sampler=Quiet(),
+        on_event=seen.append,
+        data_dir=tmp_path,
+        liveness_s=LIVENESS_S,
+    )
+    result = handle.wait(300)
+    assert handle.error is None, handle.error.text
+    assert result["new_tokens"] == 900
+    # the run decoded for several deadlines: steps alone must have kept the target alive
+    steps = [e for e in seen if isinstance(e, ev.StepEvent)]
+    decode_s = sum(e.step.draft_s + e.step.verify_s + e.step.transport_s for e in steps)
+    assert decode_s > 3 * LIVENESS_S
+    run = json.loads((tmp_path / "runs" / handle.run_id / "run.json").read_text())
+    assert run["status"] == "done"
+
+
+@pytest.mark.parametrize("role", ["draft", "target"])
+def test_a_stopped_daemon_is_declared_gone_by_name(tiny_pair, tmp_path, role):
+    seen = []
+    handle = start_run(
+        request(tiny_pair, max_new_tokens=900, k=1),
+        inventory=discover(),
+        backend_python={},
+        sampler=Quiet(),
+        on_event=seen.append,
+        data_dir=tmp_path,
+        liveness_s=LIVENESS_S,
+    )
+    wait_for_step(seen, handle)
+    pid = handle.pids[role]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert handle.wait(60) is None
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert handle.error.role == role
+    assert f"the {role} daemon (pid {pid}) stopped answering" in handle.error.text
+    run = json.loads((tmp_path / "runs" / handle.run_id / "run.json").read_text())
+    assert run["status"] == "failed" and f"{role} daemon" in run["error"]
+    assert not any(alive(p) for p in handle.pids.values())
