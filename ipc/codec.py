@@ -99,13 +99,16 @@ SCHEMAS: dict[str, Schema] = {
     # telemetry events (PUB)
     "heartbeat": Schema(required={"role": "str", "pid": "int", "time": "float"}),
     "status": Schema(required={"role": "str", "state": "str", "text": "str"}),
-    "step": Schema(required=_STEP_FIELDS, arrays={"token_ids": ("i", 1)}),
+    "step": Schema(
+        required=_STEP_FIELDS, optional={"role": "str"}, arrays={"token_ids": ("i", 1)}
+    ),
     "token": Schema(
         required={"phase": "str", "text": "str", "new_tokens": "int", "decode_s": "float"},
+        optional={"role": "str"},
         arrays={"token_ids": ("i", 1)},
     ),
     "log": Schema(required={"role": "str", "level": "str", "text": "str"}),
-    "done": Schema(required={"result": "map"}),
+    "done": Schema(required={"result": "map"}, optional={"role": "str"}),
 }
 
 
