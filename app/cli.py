@@ -9,6 +9,9 @@ import argparse
 import importlib
 import sys
 
+from app.signals import exit_status, raise_on_stop_signals
+from ipc.records import RecordWriteError
+
 COMMANDS = ("devices", "models", "run", "bench", "runs", "daemon")
 
 
@@ -96,14 +99,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     name = args.command or "dashboard"
     try:
+        if name != "daemon":
+            raise_on_stop_signals()
+            clean_up_after_killed_runs()
         if args.config is not None:  # a named config must be readable, whatever the command
             from app.config import load_config
 
             load_config(args.config)
         module = importlib.import_module(f"app.commands.{name}")
         return module.main(args)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as interrupt:
+        record = getattr(interrupt, "record_dir", None)
+        where = f"; its record is in {record}" if record else ""
+        print(f"specdeck: stopped{where}", file=sys.stderr)
+        return exit_status(interrupt)
+    except RecordWriteError as exc:  # a full disk mid-run: the record keeps what it had
+        print(f"specdeck: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # one line and status 2 for what the user asked wrongly
         if _is_user_error(exc):
             print(f"specdeck: {exc}", file=sys.stderr)
@@ -111,13 +123,29 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def clean_up_after_killed_runs() -> None:
+    """Mark `interrupted` the records of runs whose specdeck was killed, remove their run dirs."""
+    from app.config import data_dir
+    from ipc.owners import remove_stale_run_dirs
+    from ipc.records import mark_interrupted
+
+    try:
+        mark_interrupted(data_dir())
+        remove_stale_run_dirs()
+    except OSError:
+        pass  # tidying up must never stop the command the user asked for
+
+
 def _is_user_error(exc: Exception) -> bool:
     from app.config import ConfigError
     from backends.base import BadSimulateSpec
     from backends.placement import PlacementError
     from engine.errors import EngineInputError
+    from ipc.records import RecordDirError
 
-    return isinstance(exc, ConfigError | BadSimulateSpec | PlacementError | EngineInputError)
+    return isinstance(
+        exc, ConfigError | BadSimulateSpec | PlacementError | EngineInputError | RecordDirError
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import secrets
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.metrics import StepRecord
+from ipc.owners import owner_gone, process_identity
 
 DEVICE_COLUMNS = (
     "time",
@@ -31,6 +34,30 @@ DEVICE_COLUMNS = (
 
 class RunNotFound(LookupError):
     """No run record matches the id the user gave; the message is one line."""
+
+
+class RecordError(OSError):
+    """A run record that cannot be written; its text is one line for the user."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+class RecordDirError(RecordError):
+    """The data directory cannot hold a new record (read-only, missing rights): bad setup."""
+
+
+class RecordWriteError(RecordError):
+    """A write to a run record failed (a full disk): the problem and the file it hit."""
+
+    @classmethod
+    def of(cls, exc: OSError, path: Path) -> RecordWriteError:
+        return cls(exc.errno, f"{_reason(exc)} writing {path}")
+
+
+def _reason(exc: OSError) -> str:
+    """`no space left on device` from an OSError."""
+    return (exc.strerror or type(exc).__name__).lower()
 
 
 def new_run_id() -> str:
@@ -66,8 +93,17 @@ class RunRecorder:
     ) -> None:
         self.run_id = run_id or new_run_id()
         self.folder = runs_dir(data_dir) / self.run_id
-        self.folder.mkdir(parents=True, exist_ok=False)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            where = exc.filename or self.folder
+            raise RecordDirError(
+                exc.errno, f"cannot keep run records in {where}: {_reason(exc)}"
+            ) from None
         self._lock = threading.Lock()
+        self.write_error: RecordWriteError | None = None  # the first failed write ends the run
         self._t0 = time.time()
         self._run = {
             "run_id": self.run_id,
@@ -83,30 +119,39 @@ class RunRecorder:
             "error": None,
             "summary": None,
         }
-        self._steps = open(self.folder / "steps.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        self._devices = open(self.folder / "devices.csv", "a", newline="", encoding="utf-8")  # noqa: SIM115
-        self._csv = csv.writer(self._devices)
-        self._csv.writerow(DEVICE_COLUMNS)
+        self._steps = _AppendOnly(self.folder / "steps.jsonl")
+        self._devices = _AppendOnly(self.folder / "devices.csv")
         self._closed = False
+        self._devices.append(_csv_line(DEVICE_COLUMNS))
         self._write_run()
 
     def step(self, step: StepRecord, mean_acceptance_length: float | None) -> None:
-        """Append one step line: the StepRecord fields and the running acceptance length."""
+        """Append one step line; raises RecordWriteError once any write of the record failed."""
         line = {**asdict(step), "mean_acceptance_length": mean_acceptance_length}
         line["time_s"] = round(time.time() - self._t0, 6)
-        with self._lock:
-            if not self._closed:
-                self._steps.write(json.dumps(line) + "\n")
-                self._steps.flush()
+        self._append(self._steps, json.dumps(line) + "\n")
 
     def sample(self, sample: Any) -> None:
-        """Append one device sample (a backends.base.Sample); safe from the sampler thread."""
+        """Append one device sample (a backends.base.Sample); safe from the sampler thread.
+
+        A failed write is kept for the run's next step to raise, not raised in the sampler.
+        """
         row = [f"{sample.time:.3f}", sample.device_id, sample.phase]
         row += ["" if (v := getattr(sample, c)) is None else v for c in DEVICE_COLUMNS[3:]]
+        with contextlib.suppress(RecordWriteError):
+            self._append(self._devices, _csv_line(row))
+
+    def _append(self, file: _AppendOnly, text: str) -> None:
         with self._lock:
-            if not self._closed:
-                self._csv.writerow(row)
-                self._devices.flush()
+            if self.write_error is not None:
+                raise self.write_error
+            if self._closed:
+                return
+            try:
+                file.append(text)
+            except RecordWriteError as exc:
+                self.write_error = exc
+                raise
 
     def finish(self, summary: Mapping[str, Any]) -> None:
         """The run ended well: store its summary (the `run --json` document)."""
@@ -121,6 +166,7 @@ class RunRecorder:
         self._close("stopped", summary=dict(summary) if summary else None)
 
     def _close(self, status: str, *, summary: dict | None = None, error: str | None = None):
+        """Write the final status; raises RecordWriteError if it cannot (the old one stays)."""
         with self._lock:
             if self._closed:
                 return
@@ -131,12 +177,94 @@ class RunRecorder:
         if summary is not None:
             self._run["summary"] = {**summary, "run_id": self.run_id}
         self._write_run()
+        _owner_marker(self.folder).unlink(missing_ok=True)
 
     def _write_run(self) -> None:
-        tmp = self.folder / "run.json.tmp"
-        tmp.write_text(json.dumps(self._run, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.folder / "run.json")
-        (self.folder / "summary.md").write_text(summary_markdown(self._run), encoding="utf-8")
+        _replace_text(self.folder / "run.json", json.dumps(self._run, indent=2) + "\n")
+        _replace_text(self.folder / "summary.md", summary_markdown(self._run))
+        marker = _owner_marker(self.folder)
+        if self._run["status"] == "running" and not marker.exists():
+            _replace_text(marker, json.dumps(process_identity()))
+
+
+class _AppendOnly:
+    """A file that grows by whole pieces: a write that fails is cut back off, never left half."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise RecordWriteError.of(exc, path) from None
+
+    def append(self, text: str) -> None:
+        data = memoryview(text.encode("utf-8"))
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)
+            raise RecordWriteError.of(exc, self.path) from None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+def _csv_line(row: Any) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerow(row)
+    return out.getvalue()
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write a whole file or leave the old one: through a temporary file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise RecordWriteError.of(exc, path) from None
+
+
+# -- records whose writer died: marked `interrupted` by the next specdeck command ---------
+
+OWNER_MARKER = ".owner"
+
+
+def _owner_marker(folder: Path) -> Path:
+    return folder / OWNER_MARKER
+
+
+def mark_interrupted(data_dir: str | os.PathLike) -> list[str]:
+    """Mark `interrupted` the running records whose specdeck process is gone; their ids."""
+    marked = []
+    for marker in runs_dir(data_dir).glob(f"*/{OWNER_MARKER}"):
+        try:
+            identity = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not owner_gone(identity):
+            continue
+        run = _read_run(marker.parent)
+        try:
+            if run is not None and run.get("status") == "running":
+                run.update(
+                    status="interrupted",
+                    error=f"specdeck (pid {identity['pid']}) ended without closing this run",
+                )
+                _replace_text(marker.parent / "run.json", json.dumps(run, indent=2) + "\n")
+                _replace_text(marker.parent / "summary.md", summary_markdown(run))
+                marked.append(run["run_id"])
+            marker.unlink(missing_ok=True)
+        except OSError:
+            continue  # a read-only record stays as it is
+    return marked
 
 
 def _fmt(value: Any, spec: str = ".2f", unit: str = "") -> str:

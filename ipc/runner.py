@@ -23,7 +23,7 @@ from backends.placement import Placement, PlacementError
 from engine.metrics import AcceptanceStats, StepRecord, decode_tokens_per_s
 from ipc import events as ev
 from ipc.daemon_runtime import DaemonSpec
-from ipc.records import RunRecorder, new_run_id
+from ipc.records import RecordError, RunRecorder, new_run_id
 from ipc.supervisor import HEARTBEAT_S, LIVENESS_S, Daemon, Incoming, Supervisor, exit_text
 
 READY_TIMEOUT_S = 900.0  # loading a large model from a cold disk takes minutes
@@ -107,12 +107,14 @@ class RunHandle:
         return self.result
 
     def wait_to_end(self) -> dict | None:
-        """`wait()` for the run's end; Ctrl+C stops it (daemons down, record kept) first."""
+        """`wait()` for the run's end; Ctrl+C (or SIGTERM, SIGHUP) stops it first: daemons
+        down, record kept, and the interrupt goes on with the record's folder as `record_dir`."""
         try:
             return self.wait()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             self.stop()
             self.wait()
+            interrupt.record_dir = self.record_dir
             raise
 
     @property
@@ -220,19 +222,23 @@ class _Run:
 
     def main(self) -> None:
         own_sampler, unsubscribe = self._start_sampling()
-        supervisor = Supervisor(
-            log_dir=self.recorder.folder,
-            heartbeat_s=min(HEARTBEAT_S, self.liveness_s / 6),
-            liveness_s=self.liveness_s,
-        )
+        supervisor = None
         try:
+            supervisor = Supervisor(
+                log_dir=self.recorder.folder,
+                heartbeat_s=min(HEARTBEAT_S, self.liveness_s / 6),
+                liveness_s=self.liveness_s,
+            )
             self._launch(supervisor)
             self._drive(supervisor)
+        except RecordError as exc:  # a full disk: the record says what it can, the run ends
+            self.failure = self.failure or ev.ErrorEvent("run", str(exc))
         except Exception as exc:  # a bug or an OS error; still stop and record
             self.failure = self.failure or ev.ErrorEvent("run", f"{type(exc).__name__}: {exc}")
         finally:
             self._set_phase("idle")
-            supervisor.stop(grace_s=3.0 if self.failure is None else 0.5)
+            if supervisor is not None:
+                supervisor.stop(grace_s=3.0 if self.failure is None else 0.5)
             if unsubscribe is not None:
                 with contextlib.suppress(Exception):
                     unsubscribe()
@@ -534,24 +540,38 @@ class _Run:
                 self.sampler.phase = phase
 
     def _finish(self) -> None:
+        """Close the record and tell the watchers; the handle ends whatever the disk says."""
         handle = self.handle
+        try:
+            self._close_record()
+        except Exception as exc:  # a full disk, most likely: the old run.json stays valid
+            text = str(exc) if isinstance(exc, RecordError) else f"{type(exc).__name__}: {exc}"
+            self.failure, self.result = ev.ErrorEvent("run", text), None
+        try:
+            if self.failure is not None:
+                handle.error, handle.state = self.failure, "failed"
+                self.emit(self.failure)
+                self.emit(ev.StatusEvent("run", "failed", self.failure.text))
+            else:
+                handle.result = self.result
+                handle.state = "done" if self._completed else "stopped"
+                if self.result is not None:
+                    self.emit(ev.DoneEvent(self.result))
+                self.emit(ev.StatusEvent("run", handle.state))
+        finally:
+            handle._done.set()
+
+    @property
+    def _completed(self) -> bool:
+        return self.result is not None and self.result.get("stop_reason") != "stopped"
+
+    def _close_record(self) -> None:
         if self.failure is not None:
-            handle.error, handle.state = self.failure, "failed"
             self.recorder.fail(self.failure.text, self.result)
-            self.emit(self.failure)
-            self.emit(ev.StatusEvent("run", "failed", self.failure.text))
-        elif self.result is not None and self.result.get("stop_reason") != "stopped":
-            handle.result, handle.state = self.result, "done"
+        elif self._completed:
             self.recorder.finish(self.result)
-            self.emit(ev.DoneEvent(self.result))
-            self.emit(ev.StatusEvent("run", "done"))
         else:
-            handle.result, handle.state = self.result, "stopped"
             self.recorder.stopped(self.result)
-            if self.result is not None:
-                self.emit(ev.DoneEvent(self.result))
-            self.emit(ev.StatusEvent("run", "stopped"))
-        handle._done.set()
 
 
 def _absolute(model: str) -> str:

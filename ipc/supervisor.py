@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -19,9 +20,9 @@ import zmq
 
 from ipc import codec
 from ipc.daemon_runtime import DaemonSpec
+from ipc.owners import OWNER_FILE, RUN_DIR_PREFIX, process_identity, run_dir_base
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MAX_IPC_PATH = 90  # unix socket paths stop at 107 bytes; leave room for the socket names
 HEARTBEAT_S = 0.5
 LIVENESS_S = 3.0  # a ready daemon silent this long is gone
 # before it is ready a daemon loads torch, CUDA and weights; some of that holds the GIL for
@@ -88,8 +89,8 @@ class Supervisor:
         heartbeat_s: float = HEARTBEAT_S,
         liveness_s: float = LIVENESS_S,
     ) -> None:
-        base = None if len(tempfile.gettempdir()) < MAX_IPC_PATH - 30 else "/tmp"
-        self.run_dir = Path(tempfile.mkdtemp(prefix="specdeck-", dir=base))  # mode 0700
+        self.run_dir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=run_dir_base()))  # 0700
+        (self.run_dir / OWNER_FILE).write_text(json.dumps(process_identity()), encoding="utf-8")
         self.log_dir = log_dir or self.run_dir
         self.heartbeat_s = heartbeat_s
         self.liveness_s = liveness_s

@@ -54,11 +54,25 @@ def freeze_startup_heap() -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the dashboard until the user quits."""
+    """Run the dashboard until the user quits, or until SIGTERM or SIGHUP (then as `q` does)."""
+    from app.signals import Terminated, call_on_stop_signals, exit_status
+
     app = build_app(args)
+    received: list[int] = []
+
+    def quit_on_signal(signum: int) -> None:
+        received.append(signum)
+        if app._loop is None:
+            raise Terminated(signum)  # not running yet, or already ending
+        # the handler runs between two bytecodes of the loop's thread: hand over, safely
+        app._loop.call_soon_threadsafe(app.exit)
+
+    call_on_stop_signals(quit_on_signal)
     try:
         app.run()
     finally:
         app.sampler.stop()
         app.inventory.close()
+    if received:
+        return exit_status(Terminated(received[0]))
     return app.return_code or 0

@@ -7,6 +7,7 @@ the engine when it starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from backends.base import Device
 from backends.placement import Placement, PlacementError, check_placement, default_device
 from backends.placement import parse_device_ids as parse_ids
 from engine.errors import EngineInputError
+from ipc.records import RecordError
 
 if TYPE_CHECKING:
     from engine.catalog import ModelInfo
@@ -223,8 +225,14 @@ def run_recorded(
     sampler.start()
     try:
         outcome = run_inprocess(request, Recorded())  # type: ignore[arg-type]
+    except KeyboardInterrupt as interrupt:
+        recorder.stopped()
+        interrupt.record_dir = recorder.folder
+        raise
     except BaseException as exc:
-        recorder.fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        if recorder.write_error is None:  # else the record cannot take more than it has
+            with contextlib.suppress(RecordError):
+                recorder.fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
     finally:
         sampler.phase = "idle"
