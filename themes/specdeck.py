@@ -21,13 +21,15 @@ OKABE_ITO = {
     "reddish-purple": "#CC79A7",
 }
 
-# CSS variables every specdeck stylesheet uses; any theme may override them
+# CSS variables every specdeck stylesheet uses; any theme may override them. A badge's text is
+# black or white, whichever reads better on it (`readable_text`).
 VARIABLE_DEFAULTS = {
     "badge-cuda": OKABE_ITO["bluish-green"],
     "badge-hip": OKABE_ITO["vermillion"],
     "badge-cpu": OKABE_ITO["blue"],
     "badge-sim": OKABE_ITO["reddish-purple"],
-    "badge-text": "#FFFFFF",
+    # borders of panes and cards: WCAG asks 3:1 for the edges of what one operates
+    "pane-border": "#7A808B",
     "role-target": OKABE_ITO["orange"],
     "role-draft": OKABE_ITO["sky-blue"],
     "role-text": "#000000",
@@ -52,7 +54,16 @@ DARK = Theme(
     surface="#1C1F24",
     panel="#262A31",
     dark=True,
-    variables=dict(VARIABLE_DEFAULTS),
+    variables={
+        **VARIABLE_DEFAULTS,
+        "button-color-foreground": "#000000",
+        "scrollbar": "#7A808B",
+        "scrollbar-hover": "#9AA0AA",
+        "scrollbar-active": OKABE_ITO["sky-blue"],
+        "scrollbar-background": "#262A31",
+        "scrollbar-background-hover": "#262A31",
+        "scrollbar-background-active": "#262A31",
+    },
 )
 
 LIGHT = Theme(
@@ -70,9 +81,25 @@ LIGHT = Theme(
     dark=False,
     variables={
         **VARIABLE_DEFAULTS,
+        "pane-border": "#7D7D77",
+        "button-color-foreground": "#000000",
+        "block-cursor-foreground": "#FFFFFF",
+        "scrollbar": "#7D7D77",
+        "scrollbar-hover": "#5F5F5A",
+        "scrollbar-active": OKABE_ITO["blue"],
+        "scrollbar-background": "#E8E8E4",
+        "scrollbar-background-hover": "#E8E8E4",
+        "scrollbar-background-active": "#E8E8E4",
+        # the Okabe–Ito hues, darker: the light ones fade into a light background as text or bars
+        "footer-key-foreground": "#A34700",
+        "role-target": "#B87F00",
+        "role-draft": "#3592C8",
+        "drop-ok": "#00785A",
+        "drop-refused": "#A34700",
+        "chart-acceptance": "#00785A",
         "chart-utilization": OKABE_ITO["blue"],
-        "chart-memory": OKABE_ITO["vermillion"],
-        "chart-low": OKABE_ITO["sky-blue"],
+        "chart-memory": "#A34700",
+        "chart-low": "#6B6B6B",
     },
 )
 
@@ -97,7 +124,14 @@ HIGH_CONTRAST = Theme(
         "badge-hip": "#FF6E40",
         "badge-cpu": OKABE_ITO["sky-blue"],
         "badge-sim": "#F5A3D0",
-        "badge-text": "#000000",
+        "pane-border": "#8A8A8A",
+        "button-color-foreground": "#000000",
+        "scrollbar": "#8A8A8A",
+        "scrollbar-hover": "#BBBBBB",
+        "scrollbar-active": OKABE_ITO["yellow"],
+        "scrollbar-background": "#1A1A1A",
+        "scrollbar-background-hover": "#1A1A1A",
+        "scrollbar-background-active": "#1A1A1A",
         "chart-utilization": OKABE_ITO["yellow"],
         "chart-memory": "#FFFFFF",
         "chart-acceptance": "#3DDC97",
@@ -107,3 +141,21 @@ HIGH_CONTRAST = Theme(
 
 THEMES = (DARK, LIGHT, HIGH_CONTRAST)
 DEFAULT_THEME = DARK.name
+
+
+def relative_luminance(colour: str) -> float:
+    """WCAG 2 relative luminance of a `#RRGGBB` colour."""
+    channels = (int(colour.lstrip("#")[i : i + 2], 16) / 255 for i in (0, 2, 4))
+    r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast_ratio(one: str, other: str) -> float:
+    """WCAG 2 contrast ratio of two `#RRGGBB` colours (1 to 21)."""
+    high, low = sorted((relative_luminance(one), relative_luminance(other)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def readable_text(background: str) -> str:
+    """Black or white, whichever contrasts more with `background` (`#RRGGBB`)."""
+    return max(("#000000", "#FFFFFF"), key=lambda text: contrast_ratio(text, background))

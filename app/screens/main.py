@@ -177,6 +177,11 @@ class MainScreen(Screen):
             callback()
         self._after_fill.clear()
 
+    @property
+    def filled(self) -> bool:
+        """Whether the parts mounted after the first frame (inputs, pickers, panes) are there."""
+        return self._filled
+
     def _when_filled(self, callback: Callable[[], object]) -> None:
         """Run `callback` now, or once the parts mounted after the first frame are there."""
         if self._filled:
@@ -576,7 +581,9 @@ class MainScreen(Screen):
             if event.decode_tokens_per_s is not None:
                 self._status(f"baseline: {event.new_tokens} tokens")
         elif kind == "StatusEvent":
-            log.add(f"{event.state} {event.text}".strip(), role=event.role)
+            from app.widgets.log import status_text  # loaded with the log, after the first frame
+
+            log.add(status_text(event.state, event.text), role=event.role)
             self._status(f"{event.role}: {event.state}")
             if event.role == "run" and event.state in RUN_OVER:
                 self._run_over(event.state)

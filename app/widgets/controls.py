@@ -60,7 +60,7 @@ class RunControls(Vertical):
         await self.mount_compose(self._parts())
 
     def _parts(self) -> ComposeResult:
-        from textual.widgets import Checkbox  # loads with the parts, after the first frame
+        from app.widgets.tickbox import TickBox  # loads with the parts, after the first frame
 
         yield Static("prompt", classes="pane-label")
         yield Input(DEFAULT_PROMPT, id="prompt", placeholder="prompt text", compact=True)
@@ -71,7 +71,7 @@ class RunControls(Vertical):
             yield Input("0.0", id="temperature", classes="option", compact=True)
             yield Static("max", classes="option-label")
             yield Input("64", id="max-new-tokens", classes="option", compact=True)
-        yield Checkbox("baseline (target-only, for speedup)", id="baseline", compact=True)
+        yield TickBox("baseline (target-only, for speedup)", id="baseline", compact=True)
         with Horizontal(classes="button-row"):
             yield Button("Launch", id="launch", variant="success", compact=True)
             yield Button("Stop", id="stop", variant="error", disabled=True, compact=True)

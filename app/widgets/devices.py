@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.color import Color
 from textual.containers import Grid, VerticalScroll
 from textual.markup import escape
 from textual.message import Message
@@ -19,6 +20,7 @@ from app.widgets.figures import NA, bar, gib, number, size
 from app.widgets.palette import CHIP_LABELS
 from app.widgets.spark import spark_text
 from backends.base import Device, Sample
+from themes.specdeck import readable_text
 
 BADGES = {"cuda": "CUDA", "hip": "HIP", "cpu": "CPU"}
 CARD_WIDTH = 34  # cells a card needs to show its memory bar and power without cutting
@@ -103,11 +105,15 @@ class DeviceCard(DropTarget, can_focus=True):
     def head_text(self) -> str:
         """Vendor badge, SIM badge, device name."""
         d = self.device
-        badge = BADGES.get(d.backend, d.backend.upper())
-        head = f"[on $badge-{d.backend} $badge-text b] {badge} [/] "
+        head = self.badge(d.backend, BADGES.get(d.backend, d.backend.upper()))
         if d.simulated:
-            head += "[on $badge-sim $badge-text b] SIM [/] "
+            head += self.badge("sim", "SIM")
         return head + escape(d.name)
+
+    def badge(self, name: str, label: str) -> str:
+        """A badge in the theme's `badge-NAME` colour, its text black or white to read best."""
+        colour = Color.parse(self.app.theme_variables.get(f"badge-{name}", "#808080"))
+        return f"[{readable_text(colour.hex6)} on $badge-{name} b] {label} [/] "
 
     def memory_text(self) -> str:
         """mem ████░░ used/total GiB."""

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections import deque
+from dataclasses import dataclass
 
-from rich.markup import escape
+from rich.style import Style
+from rich.table import Table
+from rich.text import Text
+from textual.color import Color
+from textual.style import Style as TextualStyle
 from textual.widgets import RichLog
 
-LEVEL_STYLES = {"error": "bold red", "warning": "yellow", "debug": "dim"}
+MAX_LINES = 2000
+# theme variables for each level: the log is rewritten in the new colours when the theme changes
+LEVEL_COLOURS = {"error": "text-error", "warning": "text-warning", "debug": "text-muted"}
 
 
 def stamp() -> str:
@@ -15,15 +23,68 @@ def stamp() -> str:
     return time.strftime("%H:%M:%S")
 
 
+def status_text(state: str, text: str) -> str:
+    """A daemon's status as one phrase that says its state once (not `loading loading m`)."""
+    if not text:
+        return state
+    if text.split(maxsplit=1)[0].lower().startswith(state[:4]):  # `decoding` says `decode`
+        return text
+    return f"{state} — {text}"
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of the log: when, how serious, which role, what."""
+
+    time: str
+    level: str
+    role: str
+    text: str
+
+    @property
+    def message(self) -> str:
+        """The line without its time."""
+        return f"{self.role}: {self.text}" if self.role else self.text
+
+
 class EventLog(RichLog):
-    """A time-stamped list of what happened, newest at the bottom."""
+    """A time-stamped list of what happened, newest at the bottom; wrapped lines stay clear
+    of the time column."""
 
     def __init__(self, **kw) -> None:
-        super().__init__(markup=True, wrap=True, max_lines=2000, min_width=20, **kw)
+        super().__init__(wrap=True, max_lines=MAX_LINES, min_width=20, **kw)
+        self.entries: deque[LogLine] = deque(maxlen=MAX_LINES)
+
+    def on_mount(self) -> None:
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self._rewrite())
 
     def add(self, text: str, level: str = "info", role: str = "") -> None:
         """Write one line."""
-        who = f"{role}: " if role else ""
-        style = LEVEL_STYLES.get(level, "")
-        line = f"[dim]{stamp()}[/dim] {escape(who + text)}"
-        self.write(f"[{style}]{line}[/]" if style else line)
+        line = LogLine(stamp(), level, role, text)
+        self.entries.append(line)
+        self.write(self._row(line))
+
+    def _rewrite(self) -> None:
+        self.clear()
+        for line in self.entries:
+            self.write(self._row(line))
+
+    def _row(self, line: LogLine) -> Table:
+        row = Table.grid(padding=(0, 1))
+        row.add_column(no_wrap=True)
+        row.add_column(overflow="fold")
+        style = self._colour(LEVEL_COLOURS.get(line.level))
+        if line.level == "error":
+            style += Style(bold=True)
+        row.add_row(Text(line.time, style=self._colour("text-muted")), Text(line.message, style))
+        return row
+
+    def _colour(self, variable: str | None) -> Style:
+        """A theme colour as a Rich style, its transparency blended over the log's background."""
+        if variable not in self.app.theme_variables:
+            return Style()
+        background = self.background_colors[1]
+        colour = TextualStyle.parse(f"${variable}").foreground or Color(0, 0, 0, 0)
+        if colour.auto:  # `auto 60%`: the theme's text colour for this background, 60 % strong
+            colour = background.get_contrast_text(colour.a)
+        return Style(color=(background + colour).hex)

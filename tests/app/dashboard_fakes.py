@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from app.config import load_config
@@ -11,6 +13,7 @@ from backends.sampler import DeviceSampler
 from engine.catalog import ModelInfo
 
 GIB = 2**30
+WAIT_S = 60.0  # the longest a test waits for a state before it fails (a loaded 2-core box)
 
 DEVICES = (
     Device("cpu", "cpu", "Test CPU", memory_total_bytes=64 * GIB),
@@ -111,3 +114,17 @@ def make_app(models=MODELS, polls: int = 12, **kw):
     for _ in range(polls):
         sampler.poll()
     return DashboardApp(load_config(), inventory, sampler, models=models, **kw)
+
+
+async def wait_for(pilot, condition: Callable[[], object], what: str, timeout_s=WAIT_S) -> None:
+    """Let the app run until `condition()` holds; fail naming `what` once `timeout_s` passed."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout_s:g} s for {what}; it never came")
+        await pilot.pause(0.01)  # the app's queue runs meanwhile, and so do worker threads
+
+
+async def wait_filled(pilot) -> None:
+    """Wait until the parts mounted after the first frame (inputs, pickers, panes) are there."""
+    await wait_for(pilot, lambda: pilot.app.screen.filled, "the run controls and the live panes")
