@@ -31,6 +31,30 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
     return list(tokenizer(prompt)["input_ids"])
 
 
+class TextStream:
+    """The text each batch of new tokens adds to the output, decoded with the tokens before it:
+    a token decoded alone loses its leading space or splits a multi-byte character."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.context = 0  # ids[context:shown] is decoded again, as the context of what is new
+        self.shown = 0
+
+    def add(self, new_ids: list[int]) -> str:
+        """The text that `new_ids` (after any ids added and not yet shown) add."""
+        self.ids.extend(new_ids)
+        context = self.ids[self.context :]
+        before = self.tokenizer.decode(
+            context[: self.shown - self.context], skip_special_tokens=True
+        )
+        after = self.tokenizer.decode(context, skip_special_tokens=True)
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""  # half a character: it comes with the next tokens
+        self.context, self.shown = self.shown, len(self.ids)
+        return after[len(before) :]
+
+
 def generation_document(
     result: Any,
     *,
@@ -144,9 +168,11 @@ class TargetDaemon:
             decoder = SpeculativeDecoder(self.target, self.drafter, k, temperature, seed)
             take_transport = getattr(self.drafter, "take_transport_s", None)
             clock = {"decode_start": 0.0, "new": 0, "transport": 0.0}
+            stream = TextStream(tokenizer)
 
             def on_first(token: int) -> None:
                 clock["decode_start"], clock["new"] = time.perf_counter(), 1
+                stream.ids.append(token)  # its text comes with the first step's
                 tel.status("decode", "decoding")
                 if take_transport:
                     take_transport()  # the prefill's round trips are not a step's
@@ -167,7 +193,7 @@ class TargetDaemon:
                     "k": step.k,
                     "new_tokens": clock["new"],
                     "decode_s": time.perf_counter() - clock["decode_start"],
-                    "text": tokenizer.decode(new_ids),
+                    "text": stream.add(new_ids),
                 }
                 tel.emit("step", fields, {"token_ids": np.asarray(new_ids, dtype=np.int64)})
 

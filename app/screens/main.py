@@ -606,8 +606,8 @@ class MainScreen(Screen):
         mean = result.get("decode_tokens_per_s", self.throughput.mean)
         self.throughput = replace(self.throughput, mean=mean, baseline=baseline)
         self.throughput_pane.figures = self.throughput
-        if result.get("output_text") and not self.output_pane.text:
-            self.output_pane.append(result["output_text"])
+        if result.get("output_text") is not None:  # the record's text, should a piece be missing
+            self.output_pane.finish(result["output_text"])
         al = result.get("mean_acceptance_length")
         tps = result.get("decode_tokens_per_s")
         summary = f"done: {result.get('new_tokens', '?')} tokens"

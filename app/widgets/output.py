@@ -30,6 +30,12 @@ class OutputPane(VerticalScroll):
         self._text = (self._text + text)[-KEEP_CHARS:]
         self._show()
 
+    def finish(self, text: str) -> None:
+        """Show the run's whole output, as its record holds it."""
+        if text[-KEEP_CHARS:] != self._text:
+            self._text = text[-KEEP_CHARS:]
+            self._show()
+
     @property
     def text(self) -> str:
         """The generated text so far."""

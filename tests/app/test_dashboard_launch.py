@@ -8,10 +8,13 @@ from textual.content import Content
 
 from app.config import load_config
 from app.widgets.acceptance import AcceptancePane
+from app.widgets.output import OutputPane
 from backends.discovery import discover
 from backends.sampler import DeviceSampler
+from tests.app.dashboard_fakes import wait_filled, wait_for
 
 pytestmark = pytest.mark.slow
+RUN_S = 120  # a run of the demo pair on a loaded 2-core box, daemons' start included
 
 
 def _demo_pair_present() -> bool:
@@ -35,18 +38,22 @@ async def test_launching_the_demo_pair_fills_the_panes_and_quit_stops_the_daemon
     pids: set[int] = set()
     async with app.run_test(size=(160, 48)) as pilot:
         screen = app.screen
-        deadline = time.monotonic() + 10  # the catalog scan runs after the first frame
-        while time.monotonic() < deadline and screen.query_one("#models").target is None:
-            await pilot.pause(0.1)
-        assert screen.query_one("#models").target.bundled
+        await wait_filled(pilot)  # the run controls mount after the first frame
+        models = screen.query_one("#models")
+        await wait_for(pilot, lambda: models.target is not None, "the catalog scan")
+        assert models.target.bundled
         screen.query_one("#max-new-tokens").value = "400"  # long enough to quit mid-run
         # target on sim-cuda:0, draft on sim-hip:0: a split run over two daemons
         await pilot.press("t", "c", "right", "enter", "d", "right", "right", "enter", "l")
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and screen.acceptance.mean_al is None:
-            await pilot.pause(0.25)
+
+        def decoding() -> bool:
             if screen.handle is not None:
-                pids |= set(screen.handle.pids.values())
+                pids.update(screen.handle.pids.values())
+            return screen.acceptance.mean_al is not None or any(
+                n.severity == "error" for n in app._notifications
+            )
+
+        await wait_for(pilot, decoding, "the first steps", RUN_S)
         assert screen.acceptance.mean_al is not None, [n.message for n in app._notifications]
         figures = str(Content.from_markup(screen.query_one(AcceptancePane).render()))
         assert "mean AL n/a" not in figures
@@ -61,15 +68,47 @@ async def test_launching_the_demo_pair_fills_the_panes_and_quit_stops_the_daemon
     assert not alive, f"daemons left running: {alive}"
 
 
+@pytest.mark.skipif(not _demo_pair_present(), reason="the bundled demo pair is not built")
+async def test_the_output_pane_streams_the_records_text_from_its_first_token(monkeypatch):
+    """Each piece as it streams in (before the run's end): together, the record's text."""
+    from app.config import data_dir
+    from app.dashboard import DashboardApp
+    from ipc.records import load_run
+
+    streamed: list[str] = []
+    append = OutputPane.append
+    monkeypatch.setattr(
+        OutputPane, "append", lambda pane, text: (streamed.append(text), append(pane, text))
+    )
+    inventory = discover("cuda:2,hip:1")
+    app = DashboardApp(load_config(), inventory, DeviceSampler(inventory, interval_s=0.5))
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = app.screen
+        await wait_filled(pilot)
+        await wait_for(pilot, lambda: screen.query_one("#models").target, "the catalog scan")
+        screen.query_one("#prompt").value = "The capital of France is"
+        screen.query_one("#max-new-tokens").value = "24"
+        await pilot.press("t", "c", "right", "enter", "d", "right", "right", "enter", "l")
+        await wait_for(pilot, lambda: screen.handle is not None, "the launch")
+        run_id = screen.handle.run_id
+        await wait_for(pilot, lambda: screen.handle is None, "the run's end", RUN_S)
+        shown = screen.query_one(OutputPane).text
+    record = load_run(data_dir(), run_id)
+    text = (record.get("summary") or record)["output_text"]
+    assert record["status"] == "done", record
+    assert text and "".join(streamed) == text
+    assert shown == text
+
+
 async def test_a_daemon_that_fails_is_a_notification_and_the_screen_goes_on():
     from tests.app.dashboard_fakes import fake_model, make_app
 
     app = make_app(models=(fake_model("gone-target", 0.1), fake_model("gone-draft", 0.05)))
     async with app.run_test(size=(160, 48)) as pilot:
+        await wait_filled(pilot)
         await pilot.press("t", "c", "right", "enter", "d", "enter", "l")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and app.screen.handle is not None:
-            await pilot.pause(0.25)
+        await wait_for(pilot, lambda: app.screen.handle is not None, "the launch")
+        await wait_for(pilot, lambda: app.screen.handle is None, "the run's end", RUN_S)
         failures = [n for n in app._notifications if n.severity == "error"]
         assert failures and "gone-target" in failures[0].message
         assert app.screen.handle is None  # launch is possible again
