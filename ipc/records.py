@@ -60,13 +60,59 @@ def _reason(exc: OSError) -> str:
     return (exc.strerror or type(exc).__name__).lower()
 
 
+RUN_ID_RANDOM_HEX = 6  # 24 random bits; across processes RunRecorder's exclusive mkdir decides
+_issued_lock = threading.Lock()
+_issued: tuple[int, set[str]] = (-1, set())  # this process's ids of the current millisecond
+
+
 def new_run_id() -> str:
-    """A sortable, unique id: local start time to the millisecond, then two random hex digits."""
-    now = time.time()
-    millis = int(now * 1000) % 1000
-    return (
-        f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{millis:03d}{secrets.token_hex(1)}"
-    )
+    """A sortable id: local start time to the millisecond, then six random hex digits.
+
+    Never the same twice in one process; RunRecorder claims its folder exclusively, so two
+    processes cannot end up sharing one either.
+    """
+    global _issued
+    while True:
+        now = time.time()
+        stamp = int(now * 1000)
+        run_id = (
+            f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{stamp % 1000:03d}"
+            f"{secrets.token_hex(RUN_ID_RANDOM_HEX // 2)}"
+        )
+        with _issued_lock:
+            if _issued[0] != stamp:
+                _issued = (stamp, set())
+            if run_id not in _issued[1]:
+                _issued[1].add(run_id)
+                return run_id
+
+
+class RunIdTaken(ValueError):
+    """A run id the caller chose names a record that exists already; the message is one line."""
+
+
+def _private_folder(folder: Path) -> None:
+    """`folder` (and missing parents) made, or tightened, to owner-only: records hold prompts."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if folder.stat().st_mode & 0o077:
+        folder.chmod(0o700)
+
+
+def _claim_folder(root: Path, run_id: str | None) -> tuple[str, Path]:
+    """(id, folder) of a new record folder, made exclusively: no two runs share one."""
+    if run_id is not None:
+        try:
+            (root / run_id).mkdir(mode=0o700)
+        except FileExistsError:
+            raise RunIdTaken(f"a run record {run_id!r} exists already in {root}") from None
+        return run_id, root / run_id
+    while True:
+        candidate = new_run_id()
+        try:
+            (root / candidate).mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # another process took this id in the same millisecond: draw again
+        return candidate, root / candidate
 
 
 def runs_dir(data_dir: str | os.PathLike) -> Path:
@@ -91,14 +137,16 @@ class RunRecorder:
         options: Mapping[str, Any],
         run_id: str | None = None,
     ) -> None:
-        self.run_id = run_id or new_run_id()
-        self.folder = runs_dir(data_dir) / self.run_id
+        root = runs_dir(data_dir)
         try:
-            self.folder.mkdir(parents=True, exist_ok=False)
-        except FileExistsError:
+            if not Path(data_dir).exists():  # a new data dir is the owner's alone (0700)
+                Path(data_dir).mkdir(parents=True, mode=0o700)
+            _private_folder(root)
+            self.run_id, self.folder = _claim_folder(root, run_id)
+        except RunIdTaken:
             raise
         except OSError as exc:
-            where = exc.filename or self.folder
+            where = exc.filename or root
             raise RecordDirError(
                 exc.errno, f"cannot keep run records in {where}: {_reason(exc)}"
             ) from None
@@ -348,11 +396,11 @@ def _read_run(folder: Path) -> dict | None:
 
 
 def list_runs(data_dir: str | os.PathLike) -> list[RunSummary]:
-    """Every readable run record, oldest first."""
+    """Every readable run record, newest first (ids begin with the start time)."""
     root = runs_dir(data_dir)
     if not root.is_dir():
         return []
-    runs = [_read_run(f) for f in sorted(root.iterdir()) if f.is_dir()]
+    runs = [_read_run(f) for f in sorted(root.iterdir(), reverse=True) if f.is_dir()]
     return [_summary_of(r) for r in runs if r is not None]
 
 

@@ -37,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
             r.run_id,
             r.started[:19].replace("T", " "),
             r.status,
-            f"{_short(r.target_model)} <- {_short(r.draft_model)}",
+            f"{r.target_model} <- {r.draft_model}",  # as recorded, as the dashboard shows them
             f"{r.placement} ({r.mode})",
             _num(r.mean_acceptance_length, ".2f"),
             _num(r.acceptance_rate, ".1%"),
@@ -82,8 +82,3 @@ def show(run_id: str, as_json: bool) -> int:
     for label, value in lines:
         print(f"{label:<{width}}  {value}")
     return 0
-
-
-def _short(model: str) -> str:
-    """A model folder's last part; catalog names stay as they are."""
-    return model.rstrip("/").rsplit("/", 1)[-1]

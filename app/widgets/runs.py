@@ -24,12 +24,6 @@ COLUMNS = (
 )
 
 
-def short_model(path: str) -> str:
-    """A model folder as its last two path parts (`demo_models/target`), a name as itself."""
-    parts = [p for p in str(path).split("/") if p]
-    return "/".join(parts[-2:]) if len(parts) > 1 else str(path)
-
-
 def speedup_text(value: float | None) -> str:
     """A speedup as 1.85×, or n/a."""
     return NA if value is None else f"{value:.2f}×"
@@ -46,15 +40,15 @@ class RunsTable(DataTable):
         self.add_columns(*COLUMNS)
 
     def show(self, runs: Sequence[Any]) -> None:
-        """Fill the table from `ipc.records.RunSummary` items, newest first."""
+        """Fill the table from `ipc.records.RunSummary` items (list_runs: newest first)."""
         self.clear()
-        for r in reversed(list(runs)):
+        for r in runs:
             self.add_row(
                 self._mark(r.run_id),
                 r.started[:19].replace("T", " "),
                 r.status,
-                short_model(r.target_model),
-                short_model(r.draft_model),
+                r.target_model,  # as recorded: the catalog name, else the folder as given
+                r.draft_model,
                 r.placement,
                 number(r.mean_acceptance_length),
                 percent(r.acceptance_rate),

@@ -32,11 +32,13 @@ def test_runs_lists_every_record(capsys):
     record("20250102-120000-bbbb", 3.25)
     assert main(["runs"]) == 0
     out = capsys.readouterr().out
-    assert "20250101-120000-aaaa" in out and "3.25" in out and "big <- small" in out
+    assert "20250101-120000-aaaa" in out and "3.25" in out and "/models/big <- /models/small" in out
     assert "cuda:0 <- cuda:1 (split)" in out and "1.80x" in out
     assert main(["runs", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)["runs"]
-    assert [r["mean_acceptance_length"] for r in listed] == [2.5, 3.25]
+    assert [r["mean_acceptance_length"] for r in listed] == [3.25, 2.5]  # newest first
+    lines = out.splitlines()
+    assert lines[1].startswith("20250102") and lines[2].startswith("20250101")
 
 
 def test_runs_show_by_prefix(capsys):

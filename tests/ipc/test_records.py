@@ -76,8 +76,8 @@ def test_runs_are_listed_and_found_by_unique_prefix(tmp_path):
     make_recorder(tmp_path, "20250101-120000-aaaa").finish({"mean_acceptance_length": 2.5})
     make_recorder(tmp_path, "20250102-120000-bbbb")
     runs = list_runs(tmp_path)
-    assert [r.run_id for r in runs] == ["20250101-120000-aaaa", "20250102-120000-bbbb"]
-    assert runs[0].mean_acceptance_length == 2.5 and runs[1].status == "running"
+    assert [r.run_id for r in runs] == ["20250102-120000-bbbb", "20250101-120000-aaaa"]
+    assert runs[1].mean_acceptance_length == 2.5 and runs[0].status == "running"
     assert load_run(tmp_path, "20250102")["run_id"] == "20250102-120000-bbbb"
     with pytest.raises(RunNotFound, match="ambiguous"):
         load_run(tmp_path, "2025010")
@@ -100,3 +100,52 @@ def test_run_ids_made_in_one_second_still_sort_in_start_order():
         ids.append(new_run_id())
         time.sleep(0.002)
     assert sorted(ids) == ids and len(set(ids)) == 5
+
+
+def test_ten_thousand_run_ids_made_in_a_loop_are_all_different():
+    from ipc.records import new_run_id
+
+    ids = [new_run_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+
+
+def test_recorders_started_together_never_share_a_folder(tmp_path, monkeypatch):
+    from ipc import records
+
+    # another process took the first id drawn: the recorder draws again instead of failing
+    taken = "20250101-120000-000aaaaaa"
+    (tmp_path / "runs" / taken).mkdir(parents=True)
+    drawn = iter([taken, "20250101-120000-000bbbbbb"])
+    monkeypatch.setattr(records, "new_run_id", lambda: next(drawn))
+    rec = RunRecorder(
+        tmp_path, target_model="big", draft_model="small", placement={"target": ["cpu"],
+        "draft": "cpu"}, mode="inprocess", options={},
+    )  # fmt: skip
+    assert rec.run_id == "20250101-120000-000bbbbbb"
+
+
+def test_a_chosen_run_id_that_exists_is_one_clear_error(tmp_path):
+    from ipc.records import RunIdTaken
+
+    make_recorder(tmp_path, "20250101-120000-aaaa")
+    with pytest.raises(RunIdTaken, match="20250101-120000-aaaa.*exists already"):
+        make_recorder(tmp_path, "20250101-120000-aaaa")
+
+
+def test_records_are_readable_by_their_owner_only(tmp_path):
+    data = tmp_path / "data"
+    rec = make_recorder(data)
+    rec.step(step(0), 3.0)
+    rec.finish({"mean_acceptance_length": 3.0})
+    folder = data / "runs" / rec.run_id
+    for path in (data, data / "runs", folder):
+        assert path.stat().st_mode & 0o777 == 0o700, path
+    for path in folder.iterdir():
+        assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_an_open_runs_folder_from_an_older_version_is_tightened(tmp_path):
+    (tmp_path / "runs").mkdir(mode=0o755)
+    (tmp_path / "runs").chmod(0o755)
+    make_recorder(tmp_path)
+    assert (tmp_path / "runs").stat().st_mode & 0o777 == 0o700
