@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,17 @@ class Drafter(ABC):
     @abstractmethod
     def commit(self, accepted: int, next_token: int) -> None:
         """Keep the first `accepted` drafted tokens, drop the rest, then append `next_token`."""
+
+    def prepare(
+        self,
+        context_tokens: int,
+        ks: Sequence[int],
+        temperature: float,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> float:
+        """Get ready for a run of up to `context_tokens` tokens drafting k in `ks` (capture
+        graphs, size caches); seconds spent capturing. Most drafters need nothing."""
+        return 0.0
 
     def close(self) -> None:
         """Release the model and anything the drafter holds."""

@@ -32,6 +32,7 @@ LEAN_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen3ForCausalLM": "qwen3",
+    "Qwen2ForCausalLM": "qwen2",  # q/k/v biases, no query/key norm
 }
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # inv_freq fixed at load
 INITIAL_CAPACITY = 512
@@ -46,6 +47,18 @@ Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tenso
 
 def lean_unsupported(model: Any) -> str | None:
     """Why `LeanDecoder` cannot run this model exactly, or None when it can."""
+    reason = architecture_unsupported(model)
+    if reason is not None:
+        return reason
+    devices = {p.device for p in model.parameters()}
+    if len(devices) != 1:
+        return "the model spans several devices"
+    return None
+
+
+def architecture_unsupported(model: Any) -> str | None:
+    """Why this model's forward is not the Llama-style arithmetic the lean and graph paths
+    run (whatever its devices), or None when it is."""
     name = type(model).__name__
     expected_type = LEAN_ARCHITECTURES.get(name)
     if expected_type is None or not type(model).__module__.startswith("transformers.models."):
@@ -66,9 +79,6 @@ def lean_unsupported(model: Any) -> str | None:
         return f"rope type {rope_type!r}"
     if model.training:
         return "the model is in training mode"
-    devices = {p.device for p in model.parameters()}
-    if len(devices) != 1:
-        return "the model spans several devices"
     if any(getattr(layer.self_attn, "sliding_window", None) for layer in model.model.layers):
         return "sliding-window attention in a layer"
     return None
@@ -117,7 +127,7 @@ def numpy_blas_one_thread() -> Any | None:
 
 
 @dataclass(frozen=True)
-class _Layer:
+class LayerWeights:
     """One decoder layer's weight tensors (the HF modules hold views of the stacked ones)."""
 
     input_norm: torch.Tensor
@@ -155,6 +165,26 @@ def stack_projections(
             for m in modules
         ]
         return stacked, torch.cat(biases)
+
+
+def layer_weights(layer: Any, column_major: bool) -> LayerWeights:
+    """One HF decoder layer's weights, q/k/v and gate/up stacked (see `stack_projections`)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    q_norm = getattr(attn, "q_norm", None)
+    k_norm = getattr(attn, "k_norm", None)
+    if column_major:
+        store_transposed(attn.o_proj.weight)
+        store_transposed(mlp.down_proj.weight)
+    return LayerWeights(
+        input_norm=layer.input_layernorm.weight,
+        qkv=stack_projections([attn.q_proj, attn.k_proj, attn.v_proj], column_major),
+        o=(attn.o_proj.weight, attn.o_proj.bias),
+        q_norm=None if q_norm is None else q_norm.weight,
+        k_norm=None if k_norm is None else k_norm.weight,
+        post_norm=layer.post_attention_layernorm.weight,
+        gate_up=stack_projections([mlp.gate_proj, mlp.up_proj], column_major),
+        down=(mlp.down_proj.weight, mlp.down_proj.bias),
+    )
 
 
 class LeanDecoder:
@@ -247,23 +277,8 @@ class LeanDecoder:
         return best["numpy"] < best["torch"]
 
     @staticmethod
-    def _layer(layer: Any, column_major: bool) -> _Layer:
-        attn, mlp = layer.self_attn, layer.mlp
-        q_norm = getattr(attn, "q_norm", None)
-        k_norm = getattr(attn, "k_norm", None)
-        if column_major:
-            store_transposed(attn.o_proj.weight)
-            store_transposed(mlp.down_proj.weight)
-        return _Layer(
-            input_norm=layer.input_layernorm.weight,
-            qkv=stack_projections([attn.q_proj, attn.k_proj, attn.v_proj], column_major),
-            o=(attn.o_proj.weight, attn.o_proj.bias),
-            q_norm=None if q_norm is None else q_norm.weight,
-            k_norm=None if k_norm is None else k_norm.weight,
-            post_norm=layer.post_attention_layernorm.weight,
-            gate_up=stack_projections([mlp.gate_proj, mlp.up_proj], column_major),
-            down=(mlp.down_proj.weight, mlp.down_proj.bias),
-        )
+    def _layer(layer: Any, column_major: bool) -> LayerWeights:
+        return layer_weights(layer, column_major)
 
     @property
     def capacity(self) -> int:
@@ -317,7 +332,7 @@ class LeanDecoder:
             x = x[-1:]
         return self._linear(self._norm(x, self.final_norm), self.lm_head, None)
 
-    def _attention(self, index, layer: _Layer, h, cos, sin, mask) -> torch.Tensor:
+    def _attention(self, index, layer: LayerWeights, h, cos, sin, mask) -> torch.Tensor:
         """Self-attention of n new positions over the cache; their keys/values join it."""
         n, d = h.shape[0], self.head_dim
         qkv = self._linear(h, *layer.qkv).view(n, self.heads + 2 * self.kv_heads, d)

@@ -126,3 +126,35 @@ def verify_sampled(
         accepted = 0
     row = residual(probs[accepted], q_row(accepted)) if accepted < k else probs[k]
     return Verdict(accepted, int(sampler.sample(row)))
+
+
+# -- the same rules on device tensors, without a host sync (the CUDA-graph path) ----------
+
+
+def accept_greedy(choices: torch.Tensor, drafts: torch.Tensor) -> torch.Tensor:
+    """Leading drafts equal to the target's choices (0-d tensor); `choices` has k + 1 rows."""
+    k = drafts.shape[0]
+    return (choices[:k] == drafts).long().cumprod(0).sum()
+
+
+def accept_sampled(
+    p_drafts: torch.Tensor, q_drafts: torch.Tensor, uniforms: torch.Tensor
+) -> torch.Tensor:
+    """`accepted_count` on tensors: draft i stays while u_i * q(x_i) < p(x_i) (0-d tensor)."""
+    return (uniforms * q_drafts < p_drafts).long().cumprod(0).sum()
+
+
+def residual_row(p_row: torch.Tensor, q_row: torch.Tensor) -> torch.Tensor:
+    """`residual` on tensors of one width: norm(max(0, p - q)), or p where p <= q everywhere
+    (q all zeros, as after full acceptance, gives p)."""
+    diff = torch.clamp(p_row - q_row, min=0.0)
+    total = diff.sum()
+    return torch.where(total > 0, diff / total, p_row)
+
+
+def sample_row(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw from a probability row (0-d) with no host sync: argmax of p / Exp(1) noise,
+    which picks token i with probability p_i (the exponential race)."""
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    noise.clamp_(min=torch.finfo(noise.dtype).tiny)  # a zero draw would make 0/0 = nan win
+    return torch.argmax(probs / noise, dim=-1)

@@ -8,14 +8,17 @@ drafts is target-only decoding (`target_only`), so the baseline pays the same ov
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from engine.drafter import Drafter, Proposal
 from engine.errors import EngineInputError
+from engine.graph_decoder import DEFERRED, GREEDY, SAMPLED, GraphDecoder
 from engine.kvcache import crop_cache
 from engine.loading import LoadedModel
 from engine.metrics import AcceptanceStats, StepRecord, decode_tokens_per_s
@@ -31,8 +34,10 @@ K_AUTO = "auto"
 K_AUTO_START = 4
 K_MIN, K_MAX = 1, 16
 VERIFY_STREAM = 1
+PIPELINE_DEPTH = 2  # device steps queued ahead of the one whose tokens the host reads
 
 OnStep = Callable[[StepRecord, list[int]], None]
+OnCapture = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class GenerationResult:
     wall_s: float
     k_history: list[int]
     stop_reason: str = "max_new_tokens"  # or "eos" or "stopped"
+    capture_s: float = 0.0  # graphs captured before the prefill (not in prefill or decode)
 
     @property
     def new_tokens(self) -> int:
@@ -69,6 +75,11 @@ class KSchedule:
             raise EngineInputError(f"k must be a positive whole number or 'auto', not {k!r}")
         self.k = K_AUTO_START if self.auto else int(k)
 
+    @property
+    def ks(self) -> list[int]:
+        """Every k this schedule may ask for."""
+        return list(range(K_MIN, K_MAX + 1)) if self.auto else [self.k]
+
     def update(self, drafted: int, accepted: int) -> None:
         """Adjust k after a step (auto only)."""
         if not self.auto or drafted == 0:
@@ -80,7 +91,12 @@ class KSchedule:
 
 
 class SpeculativeDecoder:
-    """Generates with a target model verifying a drafter's proposals."""
+    """Generates with a target model verifying a drafter's proposals.
+
+    With a `target_decoder` (engine.graph_decoder) the target verifies through captured
+    graphs and accepts on the device; a drafter on that path too (`LocalDrafter.graph`)
+    makes the whole step device work, queued ahead while the host reads the last one.
+    """
 
     def __init__(
         self,
@@ -89,6 +105,7 @@ class SpeculativeDecoder:
         k: int | str,
         temperature: float,
         seed: int | None,
+        target_decoder: GraphDecoder | None = None,
     ) -> None:
         if temperature < 0:
             raise EngineInputError(f"temperature must be 0 (greedy) or more, not {temperature}")
@@ -99,6 +116,7 @@ class SpeculativeDecoder:
         self.k = k
         self.temperature = temperature
         self.seed = seed
+        self.target_decoder = target_decoder
 
     def generate(
         self,
@@ -107,16 +125,21 @@ class SpeculativeDecoder:
         on_step: OnStep | None = None,
         should_stop: Callable[[], bool] | None = None,
         on_first_token: Callable[[int], None] | None = None,
+        on_capture: OnCapture | None = None,
     ) -> GenerationResult:
         """Generate up to max_new_tokens after the prompt (stopping early at EOS).
 
-        `on_first_token` gets the token chosen at the prefill; `on_step` every step after.
+        `on_first_token` gets the token chosen at the prefill; `on_step` every step after;
+        `on_capture` the progress of capturing graphs, which happens before the prefill.
         """
         prompt = list(prompt_ids)
         if not prompt:
             raise EngineInputError("the prompt is empty after tokenization")
         if max_new_tokens < 1:
             raise EngineInputError(f"max new tokens must be at least 1, not {max_new_tokens}")
+        if self.target_decoder is not None:
+            run = _GraphRun(self, prompt, max_new_tokens, on_step, should_stop, on_capture)
+            return run.generate(on_first_token)
         target, drafter = self.target, self.drafter
         # the drafter seeds its draws from `seed`; the target's must be another stream, or
         # its uniforms would repeat the draft's and bias acceptance
@@ -202,6 +225,244 @@ class SpeculativeDecoder:
         return verify_sampled(probs, drafts, q_drafts, self.drafter.q_row, sampler)
 
 
+@dataclass(frozen=True)
+class _Launched:
+    """A step queued on the device: its k, its clock marks, where its result lands."""
+
+    k: int
+    marks: tuple[Any, ...]
+    slot: int
+    done: Any  # the CUDA event after the result's copy to the host (None off CUDA)
+
+
+class _HostRing:
+    """Host rows (pinned on CUDA) that each queued step's result is copied into."""
+
+    def __init__(self, rows: int, width: int, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.rows = torch.zeros((rows, width), dtype=torch.long, pin_memory=self.cuda)
+        self._next = 0
+
+    def send(self, result: torch.Tensor, width: int) -> tuple[int, Any]:
+        slot = self._next
+        self._next = (slot + 1) % self.rows.shape[0]
+        self.rows[slot, :width].copy_(result[:width], non_blocking=True)
+        if not self.cuda:
+            return slot, None
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+        return slot, done
+
+    def receive(self, slot: int, done: Any, width: int) -> list[int]:
+        if done is not None:
+            done.synchronize()  # the step's one host sync
+        return self.rows[slot, :width].tolist()
+
+
+class _GraphRun:
+    """One generation on the graph path: the target verifies (or steps) by replaying
+    graphs and accepts on the device; the host reads one small result per step."""
+
+    def __init__(
+        self,
+        decoder: SpeculativeDecoder,
+        prompt: list[int],
+        max_new_tokens: int,
+        on_step: OnStep | None,
+        should_stop: Callable[[], bool] | None,
+        on_capture: OnCapture | None,
+    ) -> None:
+        self.tg: GraphDecoder = decoder.target_decoder  # type: ignore[assignment]
+        self.drafter = decoder.drafter
+        self.schedule = KSchedule(decoder.k)
+        self.drafting = self.schedule.k > 0
+        self.dg: GraphDecoder | None = getattr(self.drafter, "graph", None)
+        self.temperature = decoder.temperature
+        self.seed = decoder.seed
+        greedy = decoder.temperature <= 0
+        self.mode = GREEDY if greedy else (SAMPLED if self.dg is not None else DEFERRED)
+        self.step_mode = GREEDY if greedy else SAMPLED
+        self.eos = decoder.target.eos_token_ids
+        self.prompt = prompt
+        self.max_new = max_new_tokens
+        self.on_step = on_step
+        self.should_stop = should_stop
+        self.on_capture = on_capture
+        ks = self.schedule.ks if self.drafting else []
+        self.ks = ks
+        # an extra queued step may run past the end before the host sees it
+        self.tokens = len(prompt) + max_new_tokens + (PIPELINE_DEPTH + 1) * (max(ks or [0]) + 1)
+        self.output: list[int] = []
+        self.steps: list[StepRecord] = []
+        self.stats = AcceptanceStats()
+        self.stop_reason = "max_new_tokens"
+
+    def generate(self, on_first_token: Callable[[int], None] | None) -> GenerationResult:
+        tg, drafter = self.tg, self.drafter
+        capture_s = tg.prepare(
+            self.tokens,
+            steps=not self.drafting,
+            verify_ks=self.ks,
+            mode=self.mode,
+            on_progress=self.on_capture,
+        )
+        if self.drafting:
+            capture_s += drafter.prepare(self.tokens, self.ks, self.temperature, self.on_capture)
+        tg.begin(self.temperature, stream_seed(self.seed, VERIFY_STREAM))
+        start = time.perf_counter()
+        first = tg.start_target(self.prompt)
+        if self.drafting:
+            drafter.begin(self.prompt, self.temperature, self.seed)
+            drafter.commit(0, first)
+            if self.dg is not None:
+                self.dg.synchronize()
+        tg.synchronize()
+        prefill_end = time.perf_counter()
+        if on_first_token is not None:
+            on_first_token(first)
+        self.output = [first]
+        if first in self.eos:
+            self.stop_reason = "eos"
+        elif self.max_new > 1:
+            with torch.inference_mode():
+                if self.dg is not None or not self.drafting:
+                    self._pipelined()
+                else:
+                    self._synced()
+        end = time.perf_counter()
+        return GenerationResult(
+            output_ids=self.output,
+            steps=self.steps,
+            stats=self.stats,
+            prefill_s=prefill_end - start,
+            decode_s=end - prefill_end,
+            wall_s=end - start,
+            k_history=[s.k for s in self.steps],
+            stop_reason=self.stop_reason,
+            capture_s=capture_s,
+        )
+
+    def _stopped(self) -> bool:
+        if self.should_stop is not None and self.should_stop():
+            self.stop_reason = "stopped"
+            return True
+        return False
+
+    def _append(self, tokens: list[int]) -> tuple[list[int], int]:
+        """Commit a step's tokens (up to EOS and the budget); (new tokens, room before)."""
+        remaining = self.max_new - len(self.output)
+        new = _committed(tokens, self.eos, remaining)
+        self.output.extend(new)
+        if new[-1] in self.eos:
+            self.stop_reason = "eos"
+        return new, remaining
+
+    @property
+    def finished(self) -> bool:
+        return self.stop_reason == "eos" or len(self.output) >= self.max_new
+
+    def _record(self, k, accepted, new, remaining, draft_s: float, verify_s: float) -> None:
+        drafted = min(k, remaining)
+        step = StepRecord(
+            index=len(self.steps),
+            drafted=drafted,
+            accepted=min(accepted, drafted, len(new)),
+            committed=len(new),
+            draft_s=draft_s,
+            verify_s=verify_s,
+            k=k,
+        )
+        self.steps.append(step)
+        self.stats.add(step)
+        self.schedule.update(k, accepted)
+        if self.on_step is not None:
+            self.on_step(step, new)
+
+    def _pipelined(self) -> None:
+        """Whole steps on the device (draft burst, verification, both commits), queued
+        ahead; the host reads each step's accepted count and tokens after one event."""
+        tg, dg = self.tg, self.dg
+        sampled = self.mode == SAMPLED
+        ring = _HostRing(PIPELINE_DEPTH + 1, max(self.ks or [0]) + 2, tg.head_device)
+        queued: deque[_Launched] = deque()
+
+        def launch() -> None:
+            k = self.schedule.k if self.drafting else 0
+            if k:
+                d0 = dg.clock.mark()
+                dg.run("burst", k, self.step_mode)
+                d1 = dg.clock.mark()
+                tg.load_drafts(dg.draft_out[:k], dg.q_x[:k] if sampled else None)
+                if sampled:
+                    tg.load_q_rows(dg.q_rows[:k])
+                v0 = tg.clock.mark()
+                tg.run("verify", k, self.mode)
+                v1 = tg.clock.mark()
+                dg.commit_draft(tg.accepted, tg.last[tg.head_device])
+            else:
+                d0 = d1 = None
+                v0 = tg.clock.mark()
+                tg.run("step", 1, self.step_mode)
+                v1 = tg.clock.mark()
+            slot, done = ring.send(tg.result, k + 2)
+            queued.append(_Launched(k, (d0, d1, v0, v1), slot, done))
+
+        while not self._stopped():
+            while len(queued) < PIPELINE_DEPTH and len(self.output) + len(queued) < self.max_new:
+                launch()
+            job = queued.popleft()
+            values = ring.receive(job.slot, job.done, job.k + 2)
+            accepted = values[0]
+            d0, d1, v0, v1 = job.marks
+            draft_s = dg.clock.seconds(d0, d1) if job.k else 0.0
+            verify_s = tg.clock.seconds(v0, v1)
+            new, remaining = self._append(values[1 : accepted + 2])
+            self._record(job.k, accepted, new, remaining, draft_s, verify_s)
+            if self.finished:
+                break
+
+    def _synced(self) -> None:
+        """A drafter off the device path (remote, lean, transformers): its tokens go up,
+        the graph verifies, and the host reads the verdict (one sync, two when sampling
+        must fetch a q row)."""
+        tg, drafter = self.tg, self.drafter
+        while not self._stopped():
+            k = self.schedule.k
+            t0 = time.perf_counter()
+            proposal = drafter.propose(k)
+            drafts = proposal.tokens[:k]
+            t1 = time.perf_counter()
+            n = len(drafts)
+            if n == 0:
+                tg.prepare(self.tokens, steps=True, mode=self.step_mode)
+                tg.run("step", 1, self.step_mode)
+                accepted, tokens = 0, [int(tg.result[1])]
+            else:
+                if n not in self.ks:
+                    tg.prepare(self.tokens, verify_ks=[n], mode=self.mode)
+                q_x = None
+                if self.mode != GREEDY:
+                    q_x = torch.tensor(proposal.token_probs[:n], dtype=torch.float32)
+                tg.load_drafts(torch.tensor(drafts, dtype=torch.long), q_x)
+                tg.run("verify", n, self.mode)
+                if self.mode == DEFERRED:
+                    accepted = int(tg.accepted)
+                    row = drafter.q_row(accepted) if accepted < n else None
+                    tokens = [*drafts[:accepted], tg.finish_deferred(accepted, n, row)]
+                else:
+                    values = tg.result[: n + 2].tolist()
+                    accepted, tokens = values[0], values[1 : values[0] + 2]
+            t2 = time.perf_counter()
+            new, remaining = self._append(tokens)
+            if not self.finished:
+                drafter.commit(accepted, tokens[-1])
+            t3 = time.perf_counter()
+            self._record(n, accepted, new, remaining, (t1 - t0) + (t3 - t2), t2 - t1)
+            if self.finished:
+                break
+
+
 class _NoDrafter(Drafter):
     """Proposes nothing: the loop then decodes one target token per step."""
 
@@ -225,18 +486,23 @@ def target_only(
     temperature: float,
     seed: int | None,
     on_token: Callable[[int], None] | None = None,
+    target_decoder: GraphDecoder | None = None,
+    on_capture: OnCapture | None = None,
 ) -> GenerationResult:
-    """Plain decoding with the target alone, through the same loop (AL is 1.0)."""
+    """Plain decoding with the target alone, through the same loop (AL is 1.0); with a
+    `target_decoder`, one captured step per token, queued ahead of the host."""
 
     def on_step(step: StepRecord, tokens: list[int]) -> None:
         for token in tokens:
             on_token(token)  # type: ignore[misc]
 
-    decoder = SpeculativeDecoder(target, _NoDrafter(), 1, temperature, seed)
+    decoder = SpeculativeDecoder(target, _NoDrafter(), 1, temperature, seed, target_decoder)
     decoder.k = 0  # no drafts: every step is one target token
     if on_token is None:
-        return decoder.generate(prompt_ids, max_new_tokens)
-    return decoder.generate(prompt_ids, max_new_tokens, on_step, on_first_token=on_token)
+        return decoder.generate(prompt_ids, max_new_tokens, on_capture=on_capture)
+    return decoder.generate(
+        prompt_ids, max_new_tokens, on_step, on_first_token=on_token, on_capture=on_capture
+    )
 
 
 def _committed(tokens: list[int], eos: Collection[int], room: int) -> list[int]:
