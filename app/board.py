@@ -13,8 +13,11 @@ from backends.base import Device, Sample
 from backends.placement import (
     Placement,
     PlacementError,
+    Shortfall,
     check_placement,
     fit_problem,
+    placement_shortfall,
+    shortfall,
     target_problem,
 )
 
@@ -82,17 +85,49 @@ class Board:
         return tuple(stranded)
 
     def why_not(self, role: str, device_id: str) -> str | None:
-        """Why `role` cannot be placed on `device_id` now, or None when it can."""
+        """Why `role` cannot go on `device_id`, or None when it can. A target card that is too
+        small alone is welcome while more cards of its kind could make up the split; whether
+        the whole placement fits is `missing()`'s question, and launch's."""
         _check_role(role)
         if device_id not in self.devices:
             return f"no device {device_id!r} any more"
         if role == "target":
             if device_id in self.target:
                 return f"the target is already on {device_id}"
-            return self._problem((*self.target, device_id), self.draft)
+            return target_problem([self.devices[i] for i in (*self.target, device_id)]) or (
+                self._never_fits((*self.target, device_id))
+            )
         if self.draft == device_id:
             return f"the draft is already on {device_id}"
-        return self._problem(self.target, device_id)
+        return fit_problem([device_id], self.draft_bytes, self.free_bytes, "draft")
+
+    def shortfall(self) -> Shortfall | None:
+        """The memory the placed roles lack, or None when they fit (or cannot be judged, or the
+        target is not placed yet)."""
+        if not self.target:
+            return None
+        if self.draft is None:
+            return shortfall(self.target, self.target_bytes, self.free_bytes, "target")
+        return placement_shortfall(
+            Placement(self.target, self.draft), self.target_bytes, self.draft_bytes, self.free_bytes
+        )
+
+    def missing(self) -> str | None:
+        """What the placed roles lack in free memory and what would help, or None."""
+        short = self.shortfall()
+        if short is None:
+            return None
+        lacking = f"{short}: {short.missing_bytes / 2**30:.1f} GiB short"
+        if short.what == "draft":
+            return f"{lacking}; move the DRAFT to a card with more free memory"
+        spare = [i for i in self._split_cards(self.target) if i not in self.target]
+        roomiest = max(spare, key=lambda i: self.free_bytes.get(i) or 0, default=None)
+        if roomiest is not None:
+            free = (self.free_bytes.get(roomiest) or 0) / 2**30
+            return f"{lacking}; add a card to the TARGET ({roomiest} has {free:.1f} GiB free)"
+        if self.draft in self.target:
+            return f"{lacking}; move the DRAFT to another card"
+        return f"{lacking}; no other card can join this target"
 
     def place(self, role: str, device_id: str) -> Board:
         """Put a role on a device (the draft moves; the target adds a card to its split)."""
@@ -117,44 +152,33 @@ class Board:
         return self.remove(role, source).place(role, destination)
 
     def placement(self) -> Placement:
-        """The placement to launch; PlacementError says what is missing or wrong."""
+        """The placement to launch, its whole set of cards checked at once; PlacementError says
+        what is missing or wrong."""
         if not self.target:
             raise PlacementError("place the TARGET chip on a device card first")
         if self.draft is None:
             raise PlacementError("place the DRAFT chip on a device card first")
         placement = Placement(target=self.target, draft=self.draft)
-        check_placement(
-            placement,
-            self.devices,
-            target_bytes=self.target_bytes,
-            draft_bytes=self.draft_bytes,
-            free_bytes=self.free_bytes,
-        )
+        check_placement(placement, self.devices)  # the rules; the fit, with advice, below
+        lacking = self.missing()
+        if lacking:
+            raise PlacementError(lacking)
         return placement
 
-    def _problem(self, target: tuple[str, ...], draft: str | None) -> str | None:
-        """Why a (possibly partial) placement cannot work, or None."""
-        if target:
-            problem = target_problem([self.devices[i] for i in target])
-            if problem:
-                return problem
-        if target and draft is not None:
-            try:
-                check_placement(
-                    Placement(target=target, draft=draft),
-                    self.devices,
-                    target_bytes=self.target_bytes,
-                    draft_bytes=self.draft_bytes,
-                    free_bytes=self.free_bytes,
-                )
-            except PlacementError as exc:
-                return str(exc)
+    def _split_cards(self, target: tuple[str, ...]) -> tuple[str, ...]:
+        """These target cards and every card that may join their split, in device order."""
+        held = [self.devices[i] for i in target]
+        return tuple(
+            i for i, d in self.devices.items() if i in target or not target_problem([*held, d])
+        )
+
+    def _never_fits(self, target: tuple[str, ...]) -> str | None:
+        """Why no split that holds these cards could fit the target, or None."""
+        every = self._split_cards(target)
+        short = shortfall(every, self.target_bytes, self.free_bytes, "target")
+        if short is None:
             return None
-        if target:
-            return fit_problem(target, self.target_bytes, self.free_bytes, "target")
-        if draft is not None:
-            return fit_problem([draft], self.draft_bytes, self.free_bytes, "draft")
-        return None
+        return str(short) if len(every) == 1 else f"{short}, all of them together"
 
 
 def _check_role(role: str) -> None:

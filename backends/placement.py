@@ -68,6 +68,55 @@ def target_problem(devices: Sequence[Device]) -> str | None:
     return None
 
 
+def memory_need(model_bytes: int) -> int:
+    """The device memory a model of `model_bytes` weights takes: weights, activations, cache."""
+    return int(model_bytes * MEMORY_HEADROOM)
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """A model that does not fit the free memory of its devices, and by how much."""
+
+    what: str  # "target", "draft", "target and draft together"
+    device_ids: tuple[str, ...]
+    need_bytes: int
+    free_bytes: int  # on those devices, less what the draft takes where it shares one
+    beside_draft: bool = False
+
+    @property
+    def missing_bytes(self) -> int:
+        """Free memory still wanting."""
+        return self.need_bytes - self.free_bytes
+
+    def __str__(self) -> str:
+        verb = "has" if len(self.device_ids) == 1 else "have"
+        beside = " beside the draft" if self.beside_draft else ""
+        return (
+            f"the {self.what} needs about {self.need_bytes / 2**30:.1f} GiB but "
+            f"{', '.join(self.device_ids)} {verb} {self.free_bytes / 2**30:.1f} GiB free{beside}"
+        )
+
+
+def shortfall(
+    device_ids: Sequence[str],
+    model_bytes: int | None,
+    free_bytes: Mapping[str, int | None],
+    what: str,
+    taken_bytes: int = 0,
+) -> Shortfall | None:
+    """The memory a model lacks on these devices (together), or None when it fits or cannot be
+    judged; `taken_bytes` of them already go to another model."""
+    if model_bytes is None:
+        return None
+    free = [free_bytes.get(i) for i in device_ids]
+    if any(f is None for f in free):
+        return None  # a device that reports no memory cannot be judged
+    need, have = memory_need(model_bytes), sum(free) - taken_bytes  # type: ignore[arg-type]
+    if need > have:
+        return Shortfall(what, tuple(device_ids), need, have, beside_draft=taken_bytes > 0)
+    return None
+
+
 def fit_problem(
     device_ids: Sequence[str],
     model_bytes: int | None,
@@ -75,19 +124,31 @@ def fit_problem(
     what: str,
 ) -> str | None:
     """Why a model of `model_bytes` cannot fit the free memory of these devices, or None."""
-    if model_bytes is None:
-        return None
-    free = [free_bytes.get(i) for i in device_ids]
-    if any(f is None for f in free):
-        return None  # a device that reports no memory cannot be judged
-    need = int(model_bytes * MEMORY_HEADROOM)
-    have = sum(free)  # type: ignore[arg-type]
-    if need > have:
-        return (
-            f"the {what} needs about {need / 2**30:.1f} GiB but {', '.join(device_ids)} "
-            f"{'has' if len(device_ids) == 1 else 'have'} {have / 2**30:.1f} GiB free"
-        )
-    return None
+    short = shortfall(device_ids, model_bytes, free_bytes, what)
+    return None if short is None else str(short)
+
+
+def placement_shortfall(
+    placement: Placement,
+    target_bytes: int | None,
+    draft_bytes: int | None,
+    free_bytes: Mapping[str, int | None],
+) -> Shortfall | None:
+    """What the whole placement lacks: the target over all its devices together, the draft on
+    its own, and where the draft shares one of the target's devices, the draft's part of that
+    device is not the target's."""
+    target, draft = placement.target, placement.draft
+    if draft in target and len(target) == 1:
+        both = None if target_bytes is None or draft_bytes is None else target_bytes + draft_bytes
+        return shortfall(target, both, free_bytes, "target and draft together")
+    draft_short = shortfall([draft], draft_bytes, free_bytes, "draft")
+    if draft not in target:
+        return shortfall(target, target_bytes, free_bytes, "target") or draft_short
+    if draft_short is not None:
+        return draft_short
+    judged = draft_bytes is not None and free_bytes.get(draft) is not None
+    taken = memory_need(draft_bytes) if judged else 0  # type: ignore[arg-type]
+    return shortfall(target, target_bytes, free_bytes, "target", taken)
 
 
 def check_placement(
@@ -119,13 +180,6 @@ def check_placement(
         )
     if mode == "inprocess" and draft.simulated != target[0].simulated:
         raise PlacementError("in-process mode cannot mix simulated and real devices")
-    free = free_bytes or {}
-    shared = placement.draft in placement.target
-    if shared and len(placement.target) == 1:
-        both = None if target_bytes is None or draft_bytes is None else target_bytes + draft_bytes
-        problem = fit_problem(placement.target, both, free, "target and draft together")
-    else:
-        problem = fit_problem(placement.target, target_bytes, free, "target")
-        problem = problem or fit_problem([placement.draft], draft_bytes, free, "draft")
-    if problem:
-        raise PlacementError(problem)
+    short = placement_shortfall(placement, target_bytes, draft_bytes, free_bytes or {})
+    if short is not None:
+        raise PlacementError(str(short))

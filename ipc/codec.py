@@ -65,6 +65,11 @@ SCHEMAS: dict[str, Schema] = {
     "propose": Schema(required={"k": "int"}),
     "q_row": Schema(required={"position": "int"}),
     "commit": Schema(required={"accepted": "int", "next_token": "int"}),
+    # size the draft's cache and capture its graphs for a run (before `begin`)
+    "prepare": Schema(
+        required={"context_tokens": "int", "temperature": "float"},
+        arrays={"ks": ("i", 1)},
+    ),
     "start": Schema(
         required={
             "prompt": "str",
@@ -87,9 +92,10 @@ SCHEMAS: dict[str, Schema] = {
             "torch_version": "str",
             "torch_build": "str",
             "pid": "int",
-        }
+        },
+        optional={"decode_path": "str", "decode_path_reason": "str?"},
     ),
-    "ok": Schema(optional={"compute_s": "float"}),
+    "ok": Schema(optional={"compute_s": "float", "capture_s": "float"}),
     "proposal": Schema(
         required={"compute_s": "float"},
         arrays={"tokens": ("i", 1), "token_probs": ("f", 1)},

@@ -23,6 +23,7 @@ from ipc.daemon_runtime import (
 )
 
 MAX_K = 64
+MAX_CONTEXT = 1 << 20  # tokens a prepare may size a cache for
 
 
 class RequestError(ValueError):
@@ -36,8 +37,15 @@ class RequestError(ValueError):
 class DraftDaemon:
     """Answers draft-link requests (begin, propose, q_row, commit) with one drafter."""
 
-    def __init__(self, drafter: Drafter, welcome: Mapping[str, Any], role: str = "draft") -> None:
+    def __init__(
+        self,
+        drafter: Drafter,
+        welcome: Mapping[str, Any],
+        role: str = "draft",
+        telemetry: Any = None,
+    ) -> None:
         self.drafter = drafter
+        self.telemetry = telemetry  # capture progress goes out as status events
         self.welcome = dict(welcome)
         self.role = role
         self.vocab_size: int | None = getattr(drafter, "vocab_size", None)
@@ -69,6 +77,8 @@ class DraftDaemon:
             return codec.encode("ok", id=msg.id)
         if kind == "begin":
             return self._begin(msg)
+        if kind == "prepare":
+            return self._prepare(msg)
         if not self._begun:
             raise RequestError("state", "no session: send begin first")
         if kind == "propose":
@@ -118,6 +128,28 @@ class DraftDaemon:
         self._begun, self._proposed = True, 0
         return codec.encode("ok", {"compute_s": time.perf_counter() - t0}, id=msg.id)
 
+    def _prepare(self, msg: codec.Message) -> list[bytes]:
+        """Size the cache and capture the graphs a run needs, before its `begin`."""
+        ks = [int(k) for k in msg.arrays["ks"]]
+        context, temperature = msg["context_tokens"], msg["temperature"]
+        if not ks or not all(1 <= k <= MAX_K for k in ks):
+            raise RequestError("bad-value", f"every k must be 1..{MAX_K}")
+        if not 1 <= context <= MAX_CONTEXT:
+            raise RequestError("bad-value", f"context_tokens must be 1..{MAX_CONTEXT}")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise RequestError("bad-value", f"temperature must be >= 0, not {temperature}")
+        t0 = time.perf_counter()
+        on_progress = None
+        if self.telemetry is not None:
+            on_progress = lambda text: self.telemetry.status("capture", text)  # noqa: E731
+        capture_s = self.drafter.prepare(context, ks, float(temperature), on_progress)
+        path = getattr(self.drafter, "path", None)
+        if path is not None:
+            self.welcome["decode_path"] = path.name
+            self.welcome["decode_path_reason"] = path.reason
+        fields = {"compute_s": time.perf_counter() - t0, "capture_s": float(capture_s)}
+        return codec.encode("ok", fields, id=msg.id)
+
     def _check_token(self, token: int) -> None:
         if token < 0 or (self.vocab_size is not None and token >= self.vocab_size):
             raise RequestError("bad-value", f"token id {token} is outside the vocabulary")
@@ -149,6 +181,14 @@ def model_facts(loaded: Any, spec: DaemonSpec) -> dict[str, Any]:
     }
 
 
+def decode_path_facts(drafter: Any) -> dict[str, Any]:
+    """The `welcome` fields naming the drafter's decode path and why not a faster one."""
+    path = getattr(drafter, "path", None)
+    if path is None:
+        return {}
+    return {"decode_path": path.name, "decode_path_reason": path.reason}
+
+
 def load_drafter(model: str, torch_devices: tuple[str, ...], trust_remote_code: bool):
     """Load a model and wrap it in a LocalDrafter; returns (drafter, loaded model)."""
     from engine.catalog import resolve_model
@@ -170,7 +210,8 @@ def main(spec: DaemonSpec) -> int:
         drafter, loaded = load_drafter(spec.model, spec.torch_devices, spec.trust_remote_code)
     except Exception as exc:
         return start_failed(spec, telemetry, exc)
-    daemon = DraftDaemon(drafter, model_facts(loaded, spec), spec.role)
+    welcome = {**model_facts(loaded, spec), **decode_path_facts(drafter)}
+    daemon = DraftDaemon(drafter, welcome, spec.role, telemetry)
     daemon.vocab_size = getattr(loaded.model.config, "vocab_size", None)
     telemetry.status("ready", f"{daemon.welcome['model']} on {', '.join(spec.device_ids)}")
     daemon.serve(sock)

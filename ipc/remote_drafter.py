@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,8 @@ import zmq
 
 from engine.drafter import Drafter, Proposal
 from ipc import codec
+
+PREPARE_TIMEOUT_S = 600.0  # capturing a large draft's graphs takes a while
 
 
 class DraftLinkError(RuntimeError):
@@ -37,6 +40,7 @@ class RemoteDrafter(Drafter):
         self.name = name
         self.transport_s = 0.0  # cumulative; take_transport_s() hands out the part since last
         self.compute_s = 0.0
+        self.capture_s = 0.0  # what the draft daemon's last prepare spent capturing
         self.welcome: dict[str, Any] = {}
         self._taken = 0.0
         self._pending: int | None = None  # id of a commit whose answer is not read yet
@@ -51,6 +55,23 @@ class RemoteDrafter(Drafter):
         reply = self._request("hello", {"client": "target"}, timeout_s=timeout_s)
         self.welcome = dict(reply.fields)
         return self.welcome
+
+    def prepare(
+        self,
+        context_tokens: int,
+        ks: Sequence[int],
+        temperature: float,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> float:
+        """The draft daemon sizes its cache and captures its graphs (it shows the progress
+        itself); its welcome's decode path is refreshed, as a capture may have failed."""
+        fields = {"context_tokens": int(context_tokens), "temperature": float(temperature)}
+        arrays = {"ks": np.asarray(list(ks), dtype=np.int64)}
+        timeout = max(self.timeout_s, PREPARE_TIMEOUT_S)
+        reply = self._request("prepare", fields, arrays, timeout_s=timeout)
+        self.capture_s = float(reply.fields.get("capture_s", 0.0))
+        self.hello()
+        return self.capture_s
 
     def begin(self, prompt_ids: list[int], temperature: float, seed: int | None) -> None:
         arrays = {"prompt_ids": np.asarray(prompt_ids, dtype=np.int64)}

@@ -158,6 +158,8 @@ class MainScreen(Screen):
             if not part.is_attached:  # the app is closing: quit came before the parts did
                 return
             await part.fill()
+        if not self.query("#output") or not self.query("#log"):  # closing, as above
+            return
         self._set_titles(
             {
                 "#history": "Device history",
@@ -259,6 +261,7 @@ class MainScreen(Screen):
         self.board = self.board.with_models(
             target.size_bytes if target else None, draft.size_bytes if draft else None
         )
+        self._show_shortfall()
 
     # -- telemetry -----------------------------------------------------------------------
 
@@ -284,6 +287,7 @@ class MainScreen(Screen):
                 history.show(device.id, samples)
             card.roles = self._roles_on(device.id, latest)
         self.board = self.board.with_free(free)
+        self._show_shortfall()
         if self.handle is not None and getattr(self.handle, "finished", False):
             self._run_over(getattr(self.handle, "state", "done"))  # in case an event was lost
 
@@ -330,6 +334,14 @@ class MainScreen(Screen):
             if card is not None:
                 card.roles = self._roles_on(device.id, self.sampler.latest(device.id))
         self.query_one(RolePalette).selected = self.board.selected
+        self._show_shortfall()
+
+    def _show_shortfall(self) -> None:
+        """The Roles pane's bottom edge says how much memory the placement still lacks."""
+        short = self.board.shortfall()
+        self.query_one(RolePalette).border_subtitle = (
+            None if short is None else f"{short.what}: {short.missing_bytes / 2**30:.1f} GiB short"
+        )
 
     # -- placing roles -------------------------------------------------------------------
 
@@ -349,6 +361,11 @@ class MainScreen(Screen):
             self._when_filled(lambda: self.event_log.add(line, "warning"))
             return False
         self._show_board()
+        lacking = self.board.missing()
+        if lacking:  # placed, but the set does not fit yet: say what would make it fit
+            title = f"{CHIP_LABELS[role]} placed; not enough memory yet"
+            self.notify(lacking, title=title, severity="warning", timeout=10)
+            self._when_filled(lambda: self.event_log.add(lacking, "warning"))
         return True
 
     def remove(self, role: str, device_id: str) -> None:

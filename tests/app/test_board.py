@@ -4,7 +4,7 @@ import pytest
 
 from app.board import Board, free_memory
 from backends.base import Sample
-from backends.placement import PlacementError
+from backends.placement import Placement, PlacementError
 from tests.app.dashboard_fakes import DEVICES, GIB, USED
 
 
@@ -34,14 +34,69 @@ def test_target_across_vendors_is_refused_with_the_reason():
         b.place("target", "sim-hip:0")
 
 
-def test_model_that_does_not_fit_free_memory_is_refused():
-    reason = board().why_not("target", "sim-cuda:1")
-    assert reason is not None and "GiB free" in reason
+def test_a_target_too_big_for_every_card_of_its_kind_together_is_refused():
+    # 100 GiB needs 120: the two CUDA cards have 78 + 1 GiB free
+    reason = board(target_gib=100).why_not("target", "sim-cuda:1")
+    assert reason == (
+        "the target needs about 120.0 GiB but sim-cuda:0, sim-cuda:1 have 79.0 GiB free, "
+        "all of them together"
+    )
+    # the CPU is one device: what it has free is all there is
+    assert board(target_gib=50).why_not("target", "cpu") == (
+        "the target needs about 60.0 GiB but cpu has 56.0 GiB free"
+    )
 
 
-def test_target_and_draft_together_must_fit_one_device():
+def small_cards(free_gib: dict[str, float], target_gib: float, draft_gib: float) -> Board:
+    """The fixed devices with these GiB free (the others report none) and models of these sizes."""
+    free = {d.id: None for d in DEVICES} | {i: int(g * GIB) for i, g in free_gib.items()}
+    return (
+        Board.of(DEVICES).with_models(int(target_gib * GIB), int(draft_gib * GIB)).with_free(free)
+    )
+
+
+def test_a_target_that_fits_only_split_is_built_card_by_card_and_checked_whole():
+    # 10 GiB needs 12; each CUDA card has 8 free, the two together 16
+    b = small_cards({"sim-cuda:0": 8, "sim-cuda:1": 8, "sim-hip:0": 8}, 10, 1)
+    b = b.place("target", "sim-cuda:0").place("draft", "sim-hip:0")  # too small alone: welcome
+    assert b.missing() == (
+        "the target needs about 12.0 GiB but sim-cuda:0 has 8.0 GiB free: 4.0 GiB short; "
+        "add a card to the TARGET (sim-cuda:1 has 8.0 GiB free)"
+    )
+    with pytest.raises(PlacementError, match="4.0 GiB short; add a card to the TARGET"):
+        b.placement()
+    b = b.place("target", "sim-cuda:1")
+    assert b.missing() is None and b.shortfall() is None
+    assert b.placement() == Placement(("sim-cuda:0", "sim-cuda:1"), "sim-hip:0")
+
+
+def test_a_draft_on_a_card_of_the_split_leaves_the_target_the_rest_of_it():
+    free = {"sim-cuda:0": 8, "sim-cuda:1": 8}
+    fits = small_cards(free, 10, 2).place("target", "sim-cuda:0").place("target", "sim-cuda:1")
+    assert fits.place("draft", "sim-hip:0").placement().mode == "split"
+    # the draft's 2.4 GiB on sim-cuda:1 leave the target 13.6 of the 16: enough for 12
+    assert fits.place("draft", "sim-cuda:1").placement().mode == "inprocess"
+    # a 4 GiB draft takes 4.8: 11.2 left, less than the target's 12
+    b = small_cards(free, 10, 4).place("target", "sim-cuda:0").place("target", "sim-cuda:1")
+    b = b.place("draft", "sim-cuda:1")
+    assert b.missing() == (
+        "the target needs about 12.0 GiB but sim-cuda:0, sim-cuda:1 have 11.2 GiB free beside "
+        "the draft: 0.8 GiB short; move the DRAFT to another card"
+    )
+
+
+def test_target_and_draft_together_on_one_card_are_judged_together():
     b = board(target_gib=0.6, draft_gib=0.3).place("draft", "sim-cuda:1")
-    assert "together" in b.why_not("target", "sim-cuda:1")
+    b = b.place("target", "sim-cuda:1")  # another CUDA card could still join
+    assert "together" in b.missing() and "add a card to the TARGET (sim-cuda:0" in b.missing()
+    with pytest.raises(PlacementError, match="target and draft together"):
+        b.placement()
+
+
+def test_a_draft_that_does_not_fit_its_card_is_refused():
+    assert board(draft_gib=2).why_not("draft", "sim-cuda:1") == (
+        "the draft needs about 2.4 GiB but sim-cuda:1 has 1.0 GiB free"
+    )
 
 
 def test_draft_goes_on_one_device_and_moves_when_placed_again():

@@ -11,7 +11,7 @@ from app.widgets.acceptance import AcceptancePane
 from app.widgets.devices import DeviceCard, PlacedRole
 from app.widgets.models import ModelsPanel
 from app.widgets.throughput import ThroughputPane
-from tests.app.dashboard_fakes import MODELS, make_app
+from tests.app.dashboard_fakes import MODELS, fake_model, make_app, wait_filled, wait_for
 
 SIZE = (160, 48)
 
@@ -20,13 +20,20 @@ def notes(app) -> list[str]:
     return [n.message for n in app._notifications]
 
 
+def titles(app) -> list[str]:
+    return [n.title for n in app._notifications]
+
+
 def placed(app, device_id: str) -> list[str]:
     card = app.screen.query_one(f"#card-{device_id.replace(':', '-')}", DeviceCard)
     return [chip.role for chip in card.query(PlacedRole)]
 
 
 async def drag(pilot, source: str, destination: str | None) -> None:
-    """Press on `source`, move over `destination` (or far away), release there."""
+    """Press on `source`, move over `destination` (or far away), release there; then wait
+    until the drop has been judged (placed, moved, removed, or refused with a notification)."""
+    app = pilot.app
+    before = (app.screen.board, len(app._notifications))
     await pilot.mouse_down(source)
     if destination is None:
         await pilot.hover(None, offset=(80, 47))
@@ -34,7 +41,26 @@ async def drag(pilot, source: str, destination: str | None) -> None:
     else:
         await pilot.hover(destination)
         await pilot.mouse_up(destination)
-    await pilot.pause()
+    await wait_for(
+        pilot,
+        lambda: (app.screen.board, len(app._notifications)) != before,
+        f"the drop of {source} on {destination}",
+    )
+    await settle_cards(pilot)
+
+
+async def settle_cards(pilot) -> None:
+    """Wait until every card shows the roles the board puts on it."""
+    screen = pilot.app.screen
+
+    def shown() -> bool:
+        return all(
+            [chip.role for chip in card.query(PlacedRole)]
+            == list(screen.board.roles_on(card.drop_id))
+            for card in screen.query(DeviceCard)
+        )
+
+    await wait_for(pilot, shown, "the cards to show the placed roles")
 
 
 async def test_dragging_a_chip_onto_a_card_places_the_role():
@@ -52,8 +78,7 @@ async def test_a_click_without_moving_only_chooses_the_chip():
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await pilot.click("#chip-draft")
-        await pilot.pause()
-        assert app.screen.board.selected == "draft"
+        await wait_for(pilot, lambda: app.screen.board.selected == "draft", "the draft chosen")
         assert app.screen.board.draft is None
         assert app.screen.query_one("#chip-draft").has_class("-selected")
 
@@ -69,13 +94,33 @@ async def test_an_invalid_drop_is_refused_with_the_reason():
         assert app.screen.board.draft == "sim-cuda:1"
 
 
-async def test_a_model_too_big_for_free_memory_is_refused():
-    app = make_app()
+async def test_a_target_too_big_for_every_card_of_its_kind_is_refused():
+    app = make_app(models=(fake_model("huge-target", 100), MODELS[1]))
     async with app.run_test(size=SIZE) as pilot:
         await drag(pilot, "#chip-target", "#card-sim-cuda-1")
         assert app.screen.board.target == ()
-        assert any("GiB free" in n for n in notes(app))
+        assert any("GiB free, all of them together" in n for n in notes(app)), notes(app)
         assert placed(app, "sim-cuda:1") == []
+
+
+async def test_a_target_too_big_for_one_card_is_placed_and_the_pane_says_what_is_missing():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_filled(pilot)
+        await drag(pilot, "#chip-target", "#card-sim-cuda-1")  # 1 GiB free of the 16.2 needed
+        await drag(pilot, "#chip-draft", "#card-sim-hip-0")
+        assert app.screen.board.target == ("sim-cuda:1",)
+        roles = app.screen.query_one("#palette")
+        assert roles.border_subtitle == "target: 15.2 GiB short"
+        assert any(
+            "add a card to the TARGET (sim-cuda:0 has 78.0 GiB free)" in n for n in notes(app)
+        )
+        await pilot.press("l")
+        await wait_for(pilot, lambda: "cannot launch" in titles(app), "the launch refused")
+        assert app.screen.handle is None
+        await drag(pilot, "#chip-target", "#card-sim-cuda-0")  # the split holds it
+        assert app.screen.board.target == ("sim-cuda:1", "sim-cuda:0")
+        await wait_for(pilot, lambda: roles.border_subtitle is None, "the shortfall to go")
 
 
 async def test_dragging_a_role_off_its_card_removes_it_and_onto_another_moves_it():
@@ -93,25 +138,24 @@ async def test_dragging_a_role_off_its_card_removes_it_and_onto_another_moves_it
 async def test_the_keyboard_places_and_removes_roles():
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
+        board = lambda: app.screen.board  # noqa: E731
         await pilot.press("t", "c", "right", "enter", "right", "enter")
-        await pilot.pause()
-        assert app.screen.board.target == ("sim-cuda:0", "sim-cuda:1")  # a layer split
+        split = ("sim-cuda:0", "sim-cuda:1")  # a layer split
+        await wait_for(pilot, lambda: board().target == split, "the target on two cards")
         await pilot.press("right", "enter")
-        await pilot.pause()
-        assert any("across vendors" in n for n in notes(app))
+        await wait_for(pilot, lambda: any("across vendors" in n for n in notes(app)), "a refusal")
         await pilot.press("d", "enter")
-        await pilot.pause()
-        assert app.screen.board.draft == "sim-hip:0"
+        await wait_for(pilot, lambda: board().draft == "sim-hip:0", "the draft placed")
+        await settle_cards(pilot)
         assert placed(app, "sim-hip:0") == ["draft"]
         await pilot.press("delete")
-        await pilot.pause()
-        assert app.screen.board.draft is None
+        await wait_for(pilot, lambda: board().draft is None, "the draft removed")
 
 
 async def test_card_bindings_are_shown_in_the_footer():
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+        await wait_for(pilot, lambda: isinstance(app.focused, DeviceCard), "a card focused")
         shown = {b.binding.description for b in app.active_bindings.values() if b.binding.show}
         assert {"Target chip", "Draft chip", "Place chip", "Remove role", "Next card"} <= shown
         assert {"Launch", "Stop", "Runs"} <= shown
@@ -120,10 +164,12 @@ async def test_card_bindings_are_shown_in_the_footer():
 async def test_cards_show_telemetry_and_na_for_what_is_not_reported():
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
 
         def telemetry(device_id: str) -> DeviceCard:
             return app.screen.query_one(f"#card-{device_id.replace(':', '-')}", DeviceCard)
+
+        cards = ("cpu", "sim-cuda:0", "sim-cuda:1", "sim-hip:0")
+        await wait_for(pilot, lambda: all(telemetry(i).sample for i in cards), "the readings")
 
         assert telemetry("cpu").power_text() == "power n/a  temp n/a"
         assert telemetry("sim-cuda:0").power_text() == "power 120/700 W  temp 45 °C"
@@ -136,39 +182,38 @@ async def test_cards_show_telemetry_and_na_for_what_is_not_reported():
 async def test_models_panel_shows_facts_and_the_tokenizer_badge():
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+        await wait_filled(pilot)
         panel = app.screen.query_one(ModelsPanel)
         assert panel.target.name == "big-target-7b" and panel.draft.name == "small-draft-160m"
         assert "13.5 GiB" in str(panel.query_one("#facts-target").render())
         assert "match" in str(panel.query_one("#tokenizer-badge").render())
         panel.query_one("#pick-draft").value = 2
-        await pilot.pause()
-        assert "differ" in str(panel.query_one("#tokenizer-badge").render())
+        badge = panel.query_one("#tokenizer-badge")
+        await wait_for(pilot, lambda: "differ" in str(badge.render()), "the badge to say differ")
 
 
 async def test_launch_checks_the_placement_and_options_first():
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("l")
-        await pilot.pause()
-        assert any("TARGET" in n for n in notes(app))
+        await pilot.press("l")  # before the controls are there: it waits for them
+        await wait_for(pilot, lambda: any("TARGET" in n for n in notes(app)), "a refusal")
         await pilot.press("t", "c", "enter", "d", "enter")
         app.screen.query_one("#k").value = "lots"
         await pilot.press("l")
-        await pilot.pause()
-        assert any("k must be" in n for n in notes(app))
+        await wait_for(pilot, lambda: any("k must be" in n for n in notes(app)), "a refusal")
         assert app.screen.handle is None
 
 
 async def test_launch_with_tokenizers_that_differ_is_refused():
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
+        await wait_filled(pilot)
         await pilot.press("t", "c", "enter", "d", "enter")
         app.screen.query_one("#pick-draft").value = 2
-        await pilot.pause()
+        panel = app.screen.query_one(ModelsPanel)
+        await wait_for(pilot, lambda: panel.draft is MODELS[2], "the other draft chosen")
         await pilot.press("l")
-        await pilot.pause()
-        assert any("tokenizers" in n for n in notes(app))
+        await wait_for(pilot, lambda: any("tokenizers" in n for n in notes(app)), "a refusal")
 
 
 async def test_run_events_fill_the_acceptance_and_throughput_panes():
@@ -178,6 +223,7 @@ async def test_run_events_fill_the_acceptance_and_throughput_panes():
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
+        await wait_filled(pilot)
         screen.handle = object()
         for i, (accepted, committed) in enumerate([(3, 4), (5, 6)]):
             step = StepRecord(i, 5, accepted, committed, 0.01, 0.02, 0.005, k=5)
@@ -185,7 +231,7 @@ async def test_run_events_fill_the_acceptance_and_throughput_panes():
                 RunEventArrived(StepEvent(step, (1, 2), " x", 5.0, 0.8, (1.0, 0.9, 0.8), 120.0))
             )
         screen.post_message(RunEventArrived(DoneEvent({"baseline": {"decode_tokens_per_s": 60.0}})))
-        await pilot.pause()
+        await wait_for(pilot, lambda: screen.throughput.baseline == 60.0, "the run's end")
         acceptance = str(Content.from_markup(screen.query_one(AcceptancePane).render()))
         assert "AL last 6" in acceptance and "5.00" in acceptance and "80%" in acceptance
         throughput = str(Content.from_markup(screen.query_one(ThroughputPane).render()))
@@ -196,9 +242,10 @@ async def test_run_events_fill_the_acceptance_and_throughput_panes():
 async def test_theme_switch_is_remembered_in_the_config(tmp_path):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
+        await wait_filled(pilot)
         assert app.theme == "specdeck-dark"
         app.theme = "specdeck-contrast"
-        await pilot.pause()
+        await wait_for(pilot, lambda: app._saved_theme == "specdeck-contrast", "the theme saved")
     from app.config import load_config
 
     assert load_config().theme == "specdeck-contrast"
@@ -224,15 +271,16 @@ async def test_runs_view_lists_and_compares_records(tmp_path):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("r")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: app.screen.query(RunsTable), "the runs view")
         table = app.screen.query_one(RunsTable)
-        assert table.row_count == 2
+        await wait_for(pilot, lambda: table.row_count == 2, "two rows")
         await pilot.press("space", "down", "space")
-        await pilot.pause(0.3)
-        text = str(app.screen.query_one(RunComparison).render())
+        comparison = app.screen.query_one(RunComparison)
+        await wait_for(pilot, lambda: "3.5" in str(comparison.render()), "the comparison")
+        text = str(comparison.render())
         assert "2.5" in text and "3.5" in text
         await pilot.press("escape")
-        assert app.screen.query(DeviceCard)
+        await wait_for(pilot, lambda: app.screen.query(DeviceCard), "the main screen again")
 
 
 def test_the_dashboard_never_imports_torch():

@@ -13,7 +13,7 @@ from app.widgets.devices import DeviceCard, PlacedRole
 from app.widgets.telemetry import HistoryChart
 from backends.base import Device
 from ipc.events import DaemonEvent
-from tests.app.dashboard_fakes import GIB, GPU_PID, make_app
+from tests.app.dashboard_fakes import GIB, GPU_PID, make_app, wait_filled, wait_for
 
 SIZE = (160, 48)
 REFRESH_S = 0.05  # the screen reads the sampler this often in these tests
@@ -33,24 +33,32 @@ def labels(app, device_id: str) -> list[str]:
     return [str(chip.render()) for chip in card.query(PlacedRole)]
 
 
-async def sample_and_show(app, pilot) -> None:
-    """One round of the sampler (its thread is paused in tests), then the screen's refresh."""
+async def sample_and_show(app, pilot, shown, what: str) -> None:
+    """One round of the sampler (its thread is paused in tests), then wait until the screen's
+    refresh shows it: `shown()` holds."""
     app.sampler.poll()
-    await pilot.pause(4 * REFRESH_S)
-    await pilot.pause()
+    await wait_for(pilot, shown, what)
 
 
 async def test_a_device_that_goes_loses_its_card_and_the_role_on_it_says_why():
     app = make_app(refresh_s=REFRESH_S)
     backend = app.inventory.owners["sim-cuda:0"]
     async with app.run_test(size=SIZE) as pilot:
+        await wait_filled(pilot)
         await pilot.press("t", "c", "right", "enter", "d", "right", "right", "enter")
-        await pilot.pause()
+        await wait_for(pilot, lambda: app.screen.board.draft == "sim-hip:0", "the roles placed")
         assert app.screen.board.target == ("sim-cuda:0",)
-        assert app.screen.board.draft == "sim-hip:0"
 
         backend.unplug("sim-cuda:0")
-        await sample_and_show(app, pilot)
+        await sample_and_show(
+            app,
+            pilot,
+            lambda: (
+                card_ids(app) == ["cpu", "sim-cuda:1", "sim-hip:0"]
+                and "sim-cuda:0 has gone" in "\n".join(e.text for e in app.screen.event_log.entries)
+            ),
+            "the card gone and logged",
+        )
 
         assert card_ids(app) == ["cpu", "sim-cuda:1", "sim-hip:0"]
         assert app.screen.board.target == ()
@@ -58,7 +66,7 @@ async def test_a_device_that_goes_loses_its_card_and_the_role_on_it_says_why():
         assert any("TARGET taken off sim-cuda:0: the device has gone" in n for n in notes(app)), (
             notes(app)
         )
-        log = "\n".join(line.text for line in app.screen.event_log.lines)
+        log = "\n".join(line.text for line in app.screen.event_log.entries)
         assert "sim-cuda:0 has gone" in log
         assert "sim-cuda:0" not in app.screen.query_one(HistoryChart).render()
 
@@ -72,14 +80,12 @@ async def test_a_device_that_appears_gets_a_card_in_device_order():
     app = make_app(refresh_s=REFRESH_S)
     backend = app.inventory.owners["sim-cuda:0"]
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
         backend.plug(Device("sim-cuda:2", "cuda", "Simulated NVIDIA H100", 2, True, 80 * GIB))
-        await sample_and_show(app, pilot)
+        await sample_and_show(app, pilot, lambda: len(card_ids(app)) == 5, "the new card")
 
         assert card_ids(app) == ["cpu", "sim-cuda:0", "sim-cuda:1", "sim-hip:0", "sim-cuda:2"]
         assert app.screen.place("draft", "sim-cuda:2")
-        await pilot.pause()
-        assert labels(app, "sim-cuda:2") == [" DRAFT "]
+        await wait_for(pilot, lambda: labels(app, "sim-cuda:2") == [" DRAFT "], "the draft shown")
 
 
 @pytest.fixture
@@ -110,7 +116,9 @@ async def test_a_daemon_on_a_card_that_runs_on_the_host_shows_its_resident_memor
         assert app.screen.place("target", device_id)
         app.screen.handle = object()  # as if launched; the runner reports the daemon's pid
         app.screen.post_message(RunEventArrived(DaemonEvent("target", pid, (device_id,))))
-        await sample_and_show(app, pilot)
+        await sample_and_show(
+            app, pilot, lambda: "RSS" in "".join(labels(app, device_id)), "the daemon's memory"
+        )
 
         (label,) = labels(app, device_id)
         shown = re.fullmatch(rf" TARGET pid {pid} RSS (\d+) MiB ", label)
@@ -126,9 +134,10 @@ async def test_a_daemon_the_device_reports_shows_the_device_figure_not_its_rss()
         assert app.screen.place("target", "sim-cuda:0")
         app.screen.handle = object()
         app.screen.post_message(RunEventArrived(DaemonEvent("target", GPU_PID, ("sim-cuda:0",))))
-        await sample_and_show(app, pilot)
-
-        assert labels(app, "sim-cuda:0") == [f" TARGET pid {GPU_PID} 3.0 GiB "]
+        want = [f" TARGET pid {GPU_PID} 3.0 GiB "]
+        await sample_and_show(
+            app, pilot, lambda: labels(app, "sim-cuda:0") == want, "the daemon's memory"
+        )
 
 
 async def test_gpus_discovered_after_the_first_frame_get_cards_at_once():
@@ -147,8 +156,7 @@ async def test_gpus_discovered_after_the_first_frame_get_cards_at_once():
     async with app.run_test(size=SIZE) as pilot:
         assert card_ids(app) == ["cpu"]
         await asyncio.to_thread(sampler.discover_pending)  # as the sampler's thread does
-        await pilot.pause()
-        await pilot.pause()
+        await wait_for(pilot, lambda: len(card_ids(app)) == 4, "the GPUs' cards")
         assert card_ids(app) == ["sim-cuda:0", "sim-cuda:1", "sim-hip:0", "cpu"]
 
 
@@ -177,7 +185,7 @@ async def test_the_catalog_arriving_while_the_pickers_mount_does_not_break_them(
 
         panel.mount = mount_then_catalog
         await panel.fill()
-        await pilot.pause()
+        await wait_for(pilot, lambda: len(panel.query(Select)) == 2, "both pickers")
         pickers = {p.id: p.value for p in panel.query(Select)}
         assert pickers == {"pick-target": 0, "pick-draft": 1}
         assert (panel.target, panel.draft) == (MODELS[0], MODELS[1])

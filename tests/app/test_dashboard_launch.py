@@ -113,3 +113,65 @@ async def test_a_daemon_that_fails_is_a_notification_and_the_screen_goes_on():
         assert failures and "gone-target" in failures[0].message
         assert app.screen.handle is None  # launch is possible again
         assert not app.screen.query_one("#launch").disabled
+
+
+@pytest.mark.skipif(not _demo_pair_present(), reason="the bundled demo pair is not built")
+async def test_a_target_that_fits_only_on_two_small_cards_is_built_card_by_card_and_runs(
+    monkeypatch,
+):
+    """Simulated CUDA cards (`--simulate cuda:4`) with too little memory for the target alone:
+    the first card is welcome with what is missing, launch is refused until the second card
+    joins, and then the split target runs."""
+    from dataclasses import replace
+
+    import backends.simulated
+    from app.config import data_dir
+    from app.dashboard import DashboardApp
+    from backends.placement import memory_need
+    from engine.catalog import demo_pair
+    from ipc.records import load_run
+
+    inventory = discover("cuda:4,hip:1")
+    sampler = DeviceSampler(inventory, interval_s=0.1)
+    app = DashboardApp(load_config(), inventory, sampler, models=demo_pair(), refresh_s=0.1)
+    # sim-cuda:2 and sim-cuda:3 hold the same idle memory (856 MiB), and their readings wobble
+    # by 8 MiB: free room for 3/4 of the target on each leaves one short and two enough
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = app.screen
+        await wait_filled(pilot)
+        await wait_for(pilot, lambda: screen.board.target_bytes, "the target's size")
+        need = memory_need(screen.board.target_bytes)
+        card = backends.simulated.MODELS["cuda"]
+        small = replace(card, memory_total_bytes=856 * 2**20 + int(0.75 * need))
+        monkeypatch.setitem(backends.simulated.MODELS, "cuda", small)
+        free = lambda: screen.board.free_bytes.get("sim-cuda:2") or need  # noqa: E731
+        await wait_for(pilot, lambda: free() < need, "the small cards' readings")
+
+        async def place(chip: str, device_id: str) -> None:
+            await pilot.press(chip)
+            screen.query_one(f"#card-{device_id.replace(':', '-')}").focus()
+            await pilot.press("enter")
+
+        await place("d", "sim-hip:0")
+        await place("t", "sim-cuda:2")
+        await wait_for(pilot, lambda: screen.board.target == ("sim-cuda:2",), "one target card")
+        roles = screen.query_one("#palette")
+        assert roles.border_subtitle and roles.border_subtitle.startswith("target: ")
+        assert any("add a card to the TARGET" in n.message for n in app._notifications)
+        await pilot.press("l")
+        await wait_for(
+            pilot,
+            lambda: any(n.title == "cannot launch" for n in app._notifications),
+            "the launch refused",
+        )
+        assert screen.handle is None
+        await place("t", "sim-cuda:3")
+        await wait_for(pilot, lambda: roles.border_subtitle is None, "the split to fit")
+        await pilot.press("l")
+        await wait_for(pilot, lambda: screen.handle is not None, "the launch")
+        run_id = screen.handle.run_id
+        await wait_for(pilot, lambda: screen.handle is None, "the run's end", RUN_S)
+    sampler.stop()
+    record = load_run(data_dir(), run_id)
+    assert record["status"] == "done", record
+    assert record["placement"]["target"] == ["sim-cuda:2", "sim-cuda:3"]
