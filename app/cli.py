@@ -7,12 +7,59 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from app.run_options import (
+    DEFAULT_K,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_PROMPT,
+    DEFAULT_SEED,
+    DEFAULT_TEMPERATURE,
+    K_LIMIT,
+)
 from app.signals import exit_status, raise_on_stop_signals
 from ipc.records import RecordWriteError
 
 COMMANDS = ("devices", "models", "run", "bench", "runs", "daemon")
+DESCRIPTION = """\
+specdeck: speculative decoding experiments across CUDA, HIP and CPU devices.
+
+Without a command, specdeck opens the dashboard: pick a target and a draft model, place them
+on devices, launch, and watch acceptance and throughput live. The commands below do the same
+headless."""
+EPILOG = """\
+examples:
+  specdeck --simulate cuda:2           the dashboard, with two simulated GPUs
+  specdeck run --baseline              the bundled demo pair on the first GPU (or the CPU)
+  specdeck run --target cuda:0 --draft cuda:1 --prompt "def quicksort(xs):"
+  specdeck runs show ID                one recorded run
+
+`specdeck COMMAND --help` lists a command's options."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line, with a pointer to --help, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"specdeck: {message} (see `{self.prog} --help`)\n")
+
+
+class VersionAction(argparse.Action):
+    """`--version`: the installed package's version, looked up only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("specdeck")
+        except PackageNotFoundError:
+            text = "unknown (not installed)"
+        print(f"specdeck {text}")
+        parser.exit(0)
 
 
 def add_placement_options(parser: argparse.ArgumentParser) -> None:
@@ -20,14 +67,48 @@ def add_placement_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("placement and generation")
     g.add_argument("--target-model", help="directory or catalog name (default: bundled demo)")
     g.add_argument("--draft-model", help="directory or catalog name (default: bundled demo)")
-    g.add_argument("--target", help="device id(s) for the target, e.g. cuda:0 or cuda:0,cuda:1")
-    g.add_argument("--draft", help="device id for the draft, e.g. cuda:1, hip:0 or cpu")
-    g.add_argument("--prompt", help="prompt text")
-    g.add_argument("--prompt-file", help="read the prompt from this file")
-    g.add_argument("--max-new-tokens", type=int, default=128)
-    g.add_argument("--k", default="6", help="draft tokens per step: N or auto (default 6)")
-    g.add_argument("--temperature", type=float, default=0.0)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--target",
+        metavar="DEV[,DEV...]",
+        help="device id(s) for the target, e.g. cuda:0 or cuda:0,cuda:1 "
+        "(default: the first GPU, else cpu)",
+    )
+    g.add_argument(
+        "--draft",
+        metavar="DEV",
+        help="device id for the draft, e.g. cuda:1, hip:0 or cpu (default: the target's first)",
+    )
+    g.add_argument("--prompt", metavar="TEXT", help=f"prompt text (default: {DEFAULT_PROMPT!r})")
+    g.add_argument("--prompt-file", metavar="FILE", help="read the prompt from this file")
+    g.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        metavar="N",
+        help="tokens to generate; prompt + N + k must fit both models' context "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--k",
+        default=str(DEFAULT_K),
+        metavar="N|auto",
+        help=f"draft tokens per step, 1 to {K_LIMIT}, or auto to adapt (default: %(default)s)",
+    )
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=DEFAULT_TEMPERATURE,
+        metavar="T",
+        help="0 is greedy (the same tokens as target-only decoding); above 0, speculative "
+        "sampling (default: %(default)s)",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        metavar="S",
+        help="random seed for sampling, 0 to 2**64-1 (default: %(default)s)",
+    )
     g.add_argument(
         "--mode",
         choices=("inprocess", "split"),
@@ -41,62 +122,90 @@ def add_placement_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+GLOBAL_OPTIONS = (
+    ("--simulate", "SPEC", "add simulated devices, e.g. cuda:2,hip:1 (ids sim-cuda:0, ...)"),
+    ("--config", "FILE", "config file, TOML (default: $SPECDECK_CONFIG, else the user's)"),
+    ("--theme", "NAME", "dashboard theme, e.g. specdeck-dark, specdeck-light"),
+)
+MODELS_DIR_HELP = "one more folder of models for the catalog (repeatable)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="specdeck", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--simulate", metavar="SPEC", help="add simulated devices, e.g. cuda:2,hip:1"
+    parser = Parser(
+        prog="specdeck",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", metavar="FILE", help="config file (TOML)")
-    parser.add_argument("--theme", metavar="NAME", help="dashboard theme")
+    parser.add_argument("--version", action=VersionAction)
+    for flag, metavar, text in GLOBAL_OPTIONS:
+        parser.add_argument(flag, metavar=metavar, help=text)
     parser.add_argument(
-        "--models-dir",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a folder of models for the catalog (repeatable)",
+        "--models-dir", action="append", default=[], metavar="DIR", help=MODELS_DIR_HELP
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    json_help = "print one JSON document (stable keys) instead of text"
 
     p = sub.add_parser("devices", help="list devices and their telemetry")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=json_help)
     p.add_argument("--watch", type=float, metavar="SECONDS", help="refresh until Ctrl-C")
 
-    p = sub.add_parser("models", help="list the model catalog")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("models", help="list the model catalog (and folders that cannot load)")
+    p.add_argument("--json", action="store_true", help=json_help)
 
     p = sub.add_parser("run", help="run speculative decoding once, headless")
     add_placement_options(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=json_help)
 
     p = sub.add_parser("bench", help="benchmark placements on a prompt suite")
     add_placement_options(p)
-    p.add_argument("--suite", default="humaneval", choices=("humaneval",))
-    p.add_argument("--n", type=int, default=10, help="first N prompts")
+    p.add_argument("--suite", default="humaneval", choices=("humaneval",), help="prompt suite")
+    p.add_argument("--n", type=int, default=10, help="first N prompts (default: %(default)s)")
     p.add_argument("--sample", type=int, metavar="N", help="N random prompts (with --seed)")
     p.add_argument("--placements", metavar="FILE", help="TOML file of placements to run")
-    p.add_argument("--peers", action="append", default=[], choices=("hf",))
-    p.add_argument("--out", metavar="DIR")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--peers",
+        action="append",
+        default=[],
+        choices=("hf",),
+        help="also run transformers' assisted generation (hf)",
+    )
+    p.add_argument("--out", metavar="DIR", help="write bench.json, bench.md and a chart here")
+    p.add_argument("--json", action="store_true", help=json_help)
 
-    p = sub.add_parser("runs", help="list and show run records")
-    p.add_argument("action", nargs="?", choices=("show",))
-    p.add_argument("run_id", nargs="?")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("runs", help="list the run records (newest first) or show one")
+    p.add_argument("action", nargs="?", choices=("show",), help="show one run")
+    p.add_argument("run_id", nargs="?", metavar="ID", help="a run id, or a unique prefix of one")
+    p.add_argument("--json", action="store_true", help=json_help)
 
-    p = sub.add_parser("daemon", help="(started by the supervisor)")
+    # started by the supervisor, not by people: left out of the help
+    p = sub.add_parser("daemon")
     p.add_argument("--role", required=True, choices=("draft", "target"))
     p.add_argument("--spec", required=True, help="path of the daemon's launch spec (JSON)")
+    sub._choices_actions = [a for a in sub._choices_actions if a.dest != "daemon"]
     # global options may also follow the command; SUPPRESS keeps a value given before it
     for command_parser in sub.choices.values():
-        for flag, metavar in (("--simulate", "SPEC"), ("--config", "FILE"), ("--theme", "NAME")):
-            command_parser.add_argument(
-                flag, metavar=metavar, default=argparse.SUPPRESS, help="global option"
-            )
+        group = command_parser.add_argument_group("global options")
+        for flag, metavar, text in GLOBAL_OPTIONS:
+            group.add_argument(flag, metavar=metavar, default=argparse.SUPPRESS, help=text)
+        # appended apart, then joined with the ones given before the command (main)
+        group.add_argument(
+            "--models-dir",
+            dest="models_dir_after",
+            action="append",
+            default=[],
+            metavar="DIR",
+            help=MODELS_DIR_HELP,
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a usage error already printed
+        return done.code if isinstance(done.code, int) else 0
+    args.models_dir = [*args.models_dir, *getattr(args, "models_dir_after", [])]
     name = args.command or "dashboard"
     try:
         if name != "daemon":
@@ -106,8 +215,15 @@ def main(argv: list[str] | None = None) -> int:
             from app.config import load_config
 
             load_config(args.config)
+        if name != "daemon":
+            warn_about_theme(args, name)
         module = importlib.import_module(f"app.commands.{name}")
-        return module.main(args)
+        status = module.main(args)
+        sys.stdout.flush()  # here, so that a reader that went away is caught below
+        return status
+    except BrokenPipeError:  # `specdeck runs | head`: the reader has what it wanted
+        _drop_stdout()
+        return 141  # as a process that SIGPIPE ended
     except KeyboardInterrupt as interrupt:
         record = getattr(interrupt, "record_dir", None)
         where = f"; its record is in {record}" if record else ""
@@ -121,6 +237,34 @@ def main(argv: list[str] | None = None) -> int:
             print(f"specdeck: {exc}", file=sys.stderr)
             return 2
         raise
+
+
+def warn_about_theme(args: argparse.Namespace, command: str) -> None:
+    """Say so when a theme name is unknown: `--theme` (the dashboard refuses it itself) or the
+    config's, which the dashboard would otherwise replace by the default without a word."""
+    from app.config import load_config, theme_problem
+
+    if args.theme is not None and command != "dashboard":
+        problem = theme_problem(args.theme)
+        if problem:
+            print(f"specdeck: warning: --theme: {problem}; ignored", file=sys.stderr)
+    if command == "dashboard" and args.theme is None:
+        config = load_config(args.config)
+        problem = config.theme and theme_problem(config.theme)
+        if problem:
+            print(
+                f"specdeck: warning: config file {config.path}: {problem}; using the default theme",
+                file=sys.stderr,
+            )
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout is no real file (a test's capture): nothing will flush to a pipe
 
 
 def clean_up_after_killed_runs() -> None:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import inspect
 import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
-from engine.catalog import ModelInfo
+from engine.catalog import ModelInfo, check_model_files
 from engine.errors import EngineInputError
+
+# what transformers raises for a folder it cannot load (bad config, refused remote code, ...)
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError, EOFError)
 
 
 @dataclass(frozen=True)
@@ -145,9 +151,16 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(info.path, trust_remote_code=trust_remote_code)
     except EngineInputError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as exc:
+    except (*LOAD_ERRORS, pickle.UnpicklingError, SafetensorError) as exc:
+        check_model_files(info.path)  # names the damaged file where the files are the cause
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EngineInputError(f"cannot load {info.name} from {info.path}: {reason}") from None
+        if not trust_remote_code and "trust_remote_code" in str(exc):
+            reason = reason.rstrip(" .") + (
+                "; allow it with --trust-remote-code or [models] trust_remote_code in the config"
+            )
+        named_by_path = Path(info.name).expanduser().resolve() == Path(info.path).resolve()
+        where = "" if named_by_path else f" from {info.path}"
+        raise EngineInputError(f"cannot load {info.name}{where}: {reason}") from None
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, devices=devices)
 

@@ -205,12 +205,15 @@ def open_daemon(spec: DaemonSpec) -> tuple[Telemetry, zmq.Socket]:
 
 
 def start_failed(spec: DaemonSpec, telemetry: Telemetry, exc: BaseException) -> int:
-    """Tell stderr and the supervisor, in one line, why the daemon could not start; return 1."""
+    """Tell stderr and the supervisor, in one line, why the daemon could not start; return the
+    exit status: 2 for bad input (a model that cannot load), as specdeck's own, else 1."""
+    from engine.errors import EngineInputError
+
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     print(f"specdeck {spec.role} daemon: {text}", file=sys.stderr)
     telemetry.error("start", text)
     telemetry.close()
-    return 1
+    return 2 if isinstance(exc, EngineInputError) else 1
 
 
 def close_daemon(telemetry: Telemetry, sock: zmq.Socket) -> None:

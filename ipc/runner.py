@@ -23,7 +23,7 @@ from backends.placement import Placement, PlacementError
 from engine.metrics import AcceptanceStats, StepRecord, decode_tokens_per_s
 from ipc import events as ev
 from ipc.daemon_runtime import DaemonSpec
-from ipc.records import RecordError, RunRecorder, new_run_id
+from ipc.records import RecordError, RunRecorder
 from ipc.supervisor import HEARTBEAT_S, LIVENESS_S, Daemon, Incoming, Supervisor, exit_text
 
 READY_TIMEOUT_S = 900.0  # loading a large model from a cold disk takes minutes
@@ -48,6 +48,8 @@ class RunRequest:
     trust_draft_remote_code: bool | None = None  # None: as trust_remote_code
     prompts: tuple[str, ...] = ()  # a session: these prompts in turn (then `prompt` is unused)
     warmup_tokens: int = 0  # a first, unrecorded generation of this many tokens
+    target_name: str = ""  # what records call the models: the catalog name, else the path
+    draft_name: str = ""  # as given (app.commands.run, the dashboard); "" means the folder
 
     @property
     def session(self) -> bool:
@@ -145,12 +147,10 @@ def start_run(
             raise PlacementError(f"no device {device_id!r} on this machine")
     if request.mode == "inprocess" and placement.draft not in placement.target:
         raise PlacementError("in-process mode needs the draft on one of the target's devices")
-    run_id = new_run_id()
-    recorder = RunRecorder(
+    recorder = RunRecorder(  # it picks the run id: the one whose folder it could claim
         data_dir or default_data_dir(),
-        run_id=run_id,
-        target_model=request.target_model,
-        draft_model=request.draft_model,
+        target_model=request.target_name or request.target_model,
+        draft_model=request.draft_name or request.draft_model,
         placement={"target": list(placement.target), "draft": placement.draft},
         mode=request.mode,
         options={
@@ -167,6 +167,7 @@ def start_run(
             ),
         },
     )
+    run_id = recorder.run_id
     handle = RunHandle(run_id, recorder.folder)
     run = _Run(
         request,
@@ -475,14 +476,24 @@ class _Run:
             tail = daemon.log_tail()
             if tail and status > 0:
                 text += f"; its last words: {tail}"
+            text += self._configured_python(daemon)
         self.failure = self.failure or ev.ErrorEvent(daemon.role, text, status)
+
+    def _configured_python(self, daemon: Daemon) -> str:
+        """`; it ran [backends.X] python = P (config)` when the config chose the interpreter of
+        a daemon that died before saying a word: then that interpreter is the likely cause."""
+        backend = "cpu" if daemon.spec.simulated else daemon.spec.backend
+        python = self.backend_python.get(backend)
+        if python is None or daemon.welcome is not None:
+            return ""
+        return f"; it ran [backends.{backend}] python = {python!r} ({self.config_path or 'config'})"
 
     def _header(self) -> dict:
         """Models, placement and mode: what every document of this run starts with."""
         req = self.request
         return {
-            "target_model": req.target_model,
-            "draft_model": req.draft_model,
+            "target_model": req.target_name or req.target_model,
+            "draft_model": req.draft_name or req.draft_model,
             "placement": {"target": list(req.placement.target), "draft": req.placement.draft},
             "mode": req.mode,
         }

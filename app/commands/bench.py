@@ -33,6 +33,7 @@ def main(args: argparse.Namespace) -> int:
     specs = bench.read_placements(args.placements) if args.placements else [bench.PlacementSpec("")]
     requests = [run_command.build_request(_args_for(args, spec)) for spec in specs]
     suite, prompts = _prompts(args)
+    check_contexts(requests, prompts, args.max_new_tokens)
     settings = bench.Settings(
         k=requests[0].k,
         temperature=args.temperature,
@@ -91,6 +92,22 @@ def _args_for(args: argparse.Namespace, spec: PlacementSpec) -> argparse.Namespa
             values[key] = getattr(spec, key)
     values["baseline"] = True  # a bench always decodes target-only for the speedup
     return argparse.Namespace(**values)
+
+
+def check_contexts(
+    requests: list[run_command.RunRequest], prompts: list[BenchPrompt], max_new_tokens: int
+) -> None:
+    """Refuse, before anything loads, a prompt that leaves no room in a model's context."""
+    from app.run_options import run_context_problem
+    from engine.errors import EngineInputError
+
+    for request in requests:
+        for prompt in prompts:
+            problem = run_context_problem(
+                request.target, request.draft, prompt.text, max_new_tokens, request.k
+            )
+            if problem:
+                raise EngineInputError(f"prompt {prompt.id}: {problem}")
 
 
 def _prompts(args: argparse.Namespace) -> tuple[str, list[BenchPrompt]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 
 
 def main(args: argparse.Namespace) -> int:
@@ -11,7 +12,14 @@ def main(args: argparse.Namespace) -> int:
 
     # specdeck stops its daemons itself; a terminal's Ctrl-C is not for them
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    spec = DaemonSpec.load(args.spec)
+    try:
+        spec = DaemonSpec.load(args.spec)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:  # missing, not JSON, not a spec
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(
+            f"specdeck daemon: cannot read the launch spec {args.spec}: {reason}", file=sys.stderr
+        )
+        return 2
     if args.role == "draft":
         from ipc.draft_daemon import main as run_daemon
     else:

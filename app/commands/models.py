@@ -13,7 +13,7 @@ def main(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     extra_dirs = [*config.model_dirs, *getattr(args, "models_dir", [])]
     models = list_models(extra_dirs)
-    if args.json:
+    if args.json:  # a folder that cannot load has a `problem`: the reason, one line
         print(json.dumps({"models": [m.as_json() for m in models]}, indent=2))
         return 0
     if not models:
@@ -25,12 +25,12 @@ def main(args: argparse.Namespace) -> int:
 
 
 def format_table(models: list[ModelInfo]) -> str:
-    """One aligned line per model."""
+    """One aligned line per model; a folder that cannot load says BROKEN, and why below it."""
     header = ("NAME", "ARCHITECTURE", "PARAMS", "SIZE", "DTYPE", "TOKENIZER", "PATH")
     rows = [header] + [
         (
             m.name + (" (bundled)" if m.bundled else ""),
-            m.architecture or "n/a",
+            "BROKEN" if m.problem else m.architecture or "n/a",
             human_count(m.parameters),
             human_bytes(m.size_bytes),
             m.dtype or "n/a",
@@ -40,10 +40,13 @@ def format_table(models: list[ModelInfo]) -> str:
         for m in models
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
-        for row in rows
-    )
+    lines = []
+    for row, model in zip(rows, [None, *models], strict=True):
+        cells = "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True))
+        lines.append(f"{cells}  {row[-1]}")
+        if model is not None and model.problem:
+            lines.append(f"  cannot load: {model.problem}")
+    return "\n".join(lines)
 
 
 def human_count(n: int | None) -> str:

@@ -16,19 +16,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.run_options import (
+    DEFAULT_PROMPT,
+    K_LIMIT,
+    PROMPT_FILE_LIMIT,
+    check_max_new_tokens,
+    check_seed,
+    run_context_problem,
+)
 from backends.base import Device
 from backends.placement import Placement, PlacementError, check_placement, default_device
 from backends.placement import parse_device_ids as parse_ids
 from engine.errors import EngineInputError
 from ipc.records import RecordError
 
+BAD_INPUT_STATUS = (
+    2  # a daemon that exits 2 could not start on bad input (a model that cannot load)
+)
+
 if TYPE_CHECKING:
     from engine.catalog import ModelInfo
     from engine.metrics import StepRecord
     from engine.speculative import GenerationResult
-
-DEFAULT_PROMPT = "def fibonacci(n):\n"
-K_LIMIT = 64
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,8 @@ class RunRequest:
             "baseline": self.baseline,
             "trust_remote_code": self.trust_target_code,
             "trust_draft_remote_code": self.trust_draft_code,
+            "target_name": self.target.name,
+            "draft_name": self.draft.name,
         }
         return DaemonRequest(**{**fields, **overrides})
 
@@ -152,7 +163,10 @@ def run_split(
         inventory.close()
     if result is None:
         text = handle.error.text if handle.error else "the run stopped"
-        print(f"specdeck: {text} (record {handle.record_dir})", file=sys.stderr)
+        line = f"{text} (record {handle.record_dir})"
+        if handle.error is not None and handle.error.exit_status == BAD_INPUT_STATUS:
+            raise EngineInputError(line)  # a daemon found bad input: one line, status 2
+        print(f"specdeck: {line}", file=sys.stderr)
         return None
     simulated = sorted(i for i, d in request.devices.items() if d.simulated)
     return {
@@ -385,14 +399,14 @@ def format_summary(result: dict[str, Any]) -> str:
 
 def build_request(args: argparse.Namespace) -> RunRequest:
     """Validate every option, resolve the models and check the placement."""
-    from app.config import load_config
+    from app.config import ConfigError, interpreter_problem, load_config
     from engine.catalog import check_same_tokenizer, demo_pair, resolve_model
 
     k = parse_k(args.k)
-    if args.max_new_tokens < 1:
-        raise EngineInputError(f"--max-new-tokens must be at least 1, not {args.max_new_tokens}")
+    check_max_new_tokens(args.max_new_tokens)
     if not math.isfinite(args.temperature) or args.temperature < 0:
         raise EngineInputError(f"--temperature must be 0 (greedy) or more, not {args.temperature}")
+    check_seed(args.seed)
     prompt = read_prompt(args.prompt, args.prompt_file)
     config = load_config(args.config)
     extra_dirs = [*config.model_dirs, *getattr(args, "models_dir", [])]
@@ -401,7 +415,15 @@ def build_request(args: argparse.Namespace) -> RunRequest:
     target = resolve_model(args.target_model, extra_dirs) if args.target_model else demo_target
     draft = resolve_model(args.draft_model, extra_dirs) if args.draft_model else demo_draft
     check_same_tokenizer(target, draft)
+    problem = run_context_problem(target, draft, prompt, args.max_new_tokens, k)
+    if problem:
+        raise EngineInputError(problem)
     placement, devices, mode = place(args, target, draft)
+    if mode == "split":  # only daemons run on the interpreters the config names
+        for backend in {"cpu" if d.simulated else d.backend for d in devices.values()}:
+            problem = interpreter_problem(config, backend)
+            if problem:
+                raise ConfigError(problem)
     trusted = set(config.trust_remote_code)
     return RunRequest(
         target=target,
@@ -437,12 +459,22 @@ def parse_k(text: str | int) -> int | str:
 
 
 def read_prompt(prompt: str | None, prompt_file: str | None) -> str:
-    """The prompt text from --prompt or --prompt-file (a short default without either)."""
+    """The prompt text from --prompt or --prompt-file (a short default without either).
+
+    A file is read up to PROMPT_FILE_LIMIT bytes; a larger one is refused.
+    """
     if prompt is not None and prompt_file is not None:
         raise EngineInputError("give --prompt or --prompt-file, not both")
     if prompt_file is not None:
         try:
-            prompt = Path(prompt_file).expanduser().read_text(encoding="utf-8")
+            with Path(prompt_file).expanduser().open("rb") as fh:
+                data = fh.read(PROMPT_FILE_LIMIT + 1)  # /dev/zero never ends
+            if len(data) > PROMPT_FILE_LIMIT:
+                raise EngineInputError(
+                    f"--prompt-file {prompt_file} is larger than {PROMPT_FILE_LIMIT // 2**20} MiB, "
+                    "more than any model's context holds"
+                )
+            prompt = data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise EngineInputError(f"cannot read --prompt-file {prompt_file}: {exc}") from None
     if prompt is None:
@@ -472,24 +504,23 @@ def place(
         placement = Placement(target=tuple(target_ids), draft=draft_ids[0])
         mode = args.mode or placement.mode
         ids = {*placement.target, placement.draft}
+        for device_id in sorted(i for i in ids if i not in by_id and i.startswith("sim-")):
+            known = ", ".join(by_id)
+            raise PlacementError(
+                f"no device {device_id!r} (known: {known}); simulated devices come from "
+                f"--simulate, e.g. --simulate {device_id.removeprefix('sim-').split(':')[0]}:2"
+            )
         check_placement(
             placement,
             by_id,
             mode=mode,
-            target_bytes=_resident_bytes(target, [by_id.get(i) for i in placement.target]),
-            draft_bytes=_resident_bytes(draft, [by_id.get(placement.draft)]),
+            target_bytes=target.memory_need([by_id.get(i) for i in placement.target]),
+            draft_bytes=draft.memory_need([by_id.get(placement.draft)]),
             free_bytes={i: _free_bytes(inventory, by_id[i]) for i in ids if i in by_id},
         )
         return placement, {i: by_id[i] for i in ids}, mode
     finally:
         inventory.close()
-
-
-def _resident_bytes(info: ModelInfo, devices: list[Device | None]) -> int:
-    """Weight bytes once loaded in the default dtype for these devices."""
-    return info.resident_bytes(
-        on_cpu=all(d is not None and (d.backend == "cpu" or d.simulated) for d in devices)
-    )
 
 
 def _free_bytes(inventory: Any, device: Device) -> int | None:

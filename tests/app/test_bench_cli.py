@@ -36,7 +36,8 @@ def test_bench_on_the_cpu_with_the_hf_peer(tiny_pair, tmp_path, capsys):
     ours, peer = result["rows"]
     assert ours.keys() >= ROW_KEYS and peer.keys() >= ROW_KEYS
     assert (ours["mode"], peer["mode"]) == ("inprocess", "hf assisted")
-    assert ours["placement"] == "cpu <- cpu" and ours["models"] == "tiny-target <- tiny-draft"
+    assert ours["placement"] == "cpu <- cpu"
+    assert ours["models"] == f"{tiny_pair[0]} <- {tiny_pair[1]}"  # not in the catalog: as given
     assert ours["identical"] is True and peer["identical"] is True  # greedy
     assert 1.0 <= ours["mean_al"] <= 4.0 and ours["tokens_per_s"] > 0
     assert ours["target_only_tokens_per_s"] > 0 and ours["speedup"] > 0
@@ -110,3 +111,16 @@ def test_importing_the_bench_command_loads_no_torch():
         "sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_a_suite_prompt_that_overflows_the_context_is_refused_before_loading(
+    tiny_pair, capsys
+):
+    code = main([
+        "bench", "--target-model", str(tiny_pair[0]), "--draft-model", str(tiny_pair[1]),
+        "--n", "2", "--max-new-tokens", "1000", "--target", "cpu",
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("specdeck: prompt HumanEval/0: the run needs ")
+    assert "has a context of 1024 tokens" in err

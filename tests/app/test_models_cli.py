@@ -23,7 +23,7 @@ def test_models_json_lists_extra_dirs_and_the_hf_cache(tiny_pair, tmp_path, monk
     models = {m["name"]: m for m in json.loads(capsys.readouterr().out)["models"]}
     assert {"acme/tiny", "tiny-target", "tiny-draft"} <= models.keys()
     for entry in models.values():
-        assert set(entry) == MODEL_KEYS
+        assert set(entry) >= MODEL_KEYS  # stable keys; more may be added
     target = models["tiny-target"]
     assert target["architecture"] == "LlamaForCausalLM" and target["bundled"] is False
     assert target["parameters"] > models["tiny-draft"]["parameters"] > 0

@@ -48,7 +48,7 @@ def test_json_run_on_the_cpu_has_every_key(tiny_pair, capsys):
     assert 1.0 <= result["mean_acceptance_length"] <= 4.0
     assert result["baseline"]["output_token_ids"] == result["output_token_ids"]  # greedy
     assert result["speedup"] > 0
-    assert result["target_model"] == "tiny-target"
+    assert result["target_model"] == str(tiny_pair[0])  # not in the catalog: the path as given
 
 
 def test_summary_lists_the_metrics(tiny_pair, capsys):
@@ -68,7 +68,11 @@ def test_summary_lists_the_metrics(tiny_pair, capsys):
     [
         (["--k", "0"], "--k must be a whole number"),
         (["--k", "abc"], "--k must be a whole number"),
-        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be from 1 to 1000000, not 0"),
+        (["--max-new-tokens", "100000000"], "--max-new-tokens must be from 1 to 1000000"),
+        (["--seed", str(2**70)], "--seed must be from 0 to 2\\*\\*64-1"),
+        (["--seed", "-1"], "--seed must be from 0"),
+        (["--prompt-file", "/dev/zero"], "--prompt-file /dev/zero is larger than 4 MiB"),
         (["--temperature", "-1"], "--temperature must be"),
         (["--target", "cuda:7"], "no device 'cuda:7'"),
         (["--draft", "cpu,cpu"], "the draft goes on one device"),
@@ -141,3 +145,123 @@ def test_importing_the_run_command_loads_no_torch():
         "sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_a_run_past_a_model_s_context_is_refused_with_the_numbers(tiny_pair, capsys):
+    # the tiny pair's context is 1024 tokens
+    code, out, err = run_cli(capsys, *pair_args(tiny_pair), "--max-new-tokens", "2500")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert re.search(r"the run needs 25\d\d positions \(\d+ prompt \+ 2500 new \+ k 6\)", err)
+    assert "the target " in err and "has a context of 1024 tokens" in err
+    assert re.search(r"use --max-new-tokens 10\d\d or less", err)
+    code, _, err = run_cli(capsys, *pair_args(tiny_pair), "--prompt", "x = 1\n" * 600)
+    assert code == 2 and "prompt" in err and "use a shorter prompt" in err
+    code, _, err = run_cli(capsys, *pair_args(tiny_pair), "--max-new-tokens", "1000", "--k", "auto")
+    assert code == 2 and "+ k 16)" in err  # auto drafts up to 16 tokens a step
+
+
+INPROCESS = ["--target", "cpu"]
+SPLIT = ["--simulate", "cuda:2", "--target", "sim-cuda:0", "--draft", "sim-cuda:1"]
+BOTH_MODES = [INPROCESS, SPLIT]
+
+
+def damaged_copy(tiny_pair, root: Path, how: str) -> tuple[Path, Path]:
+    """(folder, damaged file): the tiny target, its weights cut short or pickled with extras."""
+    folder = root / f"damaged-{how}"
+    shutil.copytree(tiny_pair[0], folder)
+    shard = folder / "model.safetensors"
+    if how == "cut":
+        shard.write_bytes(shard.read_bytes()[:-4096])
+        return folder, shard
+    import argparse
+
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(shard)
+    shard.unlink()
+    torch.save({**state, "args": argparse.Namespace(lr=0.1)}, folder / "pytorch_model.bin")
+    return folder, folder / "pytorch_model.bin"
+
+
+@pytest.mark.parametrize("how", ["cut", "pickled"])
+@pytest.mark.parametrize("placement", BOTH_MODES, ids=["inprocess", "split"])
+def test_damaged_weights_are_one_line_naming_the_file_in_both_modes(
+    tiny_pair, tmp_path, capsys, how, placement
+):
+    folder, damaged = damaged_copy(tiny_pair, tmp_path, how)
+    argv = ["--target-model", str(folder), "--draft-model", str(tiny_pair[1]), *placement]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"specdeck: {damaged} ")
+
+
+def remote_code_copy(tiny_pair, root: Path) -> Path:
+    """The tiny target, dressed as a model whose architecture lives in its own code."""
+    folder = root / "custom"
+    shutil.copytree(tiny_pair[0], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(
+        model_type="specdeck-custom",
+        architectures=["CustomForCausalLM"],
+        auto_map={
+            "AutoConfig": "configuration_custom.CustomConfig",
+            "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM",
+        },
+    )
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("placement", BOTH_MODES, ids=["inprocess", "split"])
+def test_a_model_that_needs_its_own_code_is_refused_with_status_2_in_both_modes(
+    tiny_pair, tmp_path, capsys, placement
+):
+    folder = remote_code_copy(tiny_pair, tmp_path)
+    argv = ["--target-model", str(folder), "--draft-model", str(tiny_pair[1]), *placement]
+    code, out, err = run_cli(capsys, *argv, "--max-new-tokens", "4")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert f"cannot load {folder}: " in err and "custom code" in err
+    assert "allow it with --trust-remote-code" in err
+
+
+@pytest.mark.parametrize(
+    ("python", "message"),
+    [
+        ("/nonexistent/python", "does not exist"),
+        ("/bin/false", "cannot run a specdeck daemon (exit status 1)"),
+        ("/", "is not an executable file"),
+    ],
+)
+def test_a_configured_interpreter_that_cannot_start_a_daemon_is_named(
+    tiny_pair, tmp_path, capsys, python, message
+):
+    config = tmp_path / "config.toml"
+    config.write_text(f'[backends.cpu]\npython = "{python}"\n')
+    code, out, err = run_cli(capsys, *pair_args(tiny_pair), "--config", str(config), *SPLIT)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"config file {config}: [backends.cpu] python = '{python}' {message}" in err
+
+
+def test_a_simulated_device_without_simulate_points_at_the_option(tiny_pair, capsys):
+    code, _, err = run_cli(capsys, *pair_args(tiny_pair), "--target", "sim-cuda:0")
+    assert code == 2 and err.count("\n") == 1
+    assert "no device 'sim-cuda:0' (known: cpu)" in err
+    assert "simulated devices come from --simulate, e.g. --simulate cuda:2" in err
+
+
+def test_demo_models_go_by_their_catalog_names_in_both_modes(capsys):
+    from app.config import data_dir
+    from ipc.records import list_runs
+
+    given = ["--target-model", str(ROOT / "engine" / "demo_models" / "target")]  # a path
+    for placement in BOTH_MODES:
+        code, out, _ = run_cli(capsys, *given, *placement, "--max-new-tokens", "4", "--json")
+        assert code == 0
+        result = json.loads(out)
+        assert (result["target_model"], result["draft_model"]) == ("demo-target", "demo-draft")
+    runs = list_runs(data_dir())
+    assert [(r.target_model, r.draft_model, r.mode) for r in runs] == [
+        ("demo-target", "demo-draft", "split"),
+        ("demo-target", "demo-draft", "inprocess"),
+    ]

@@ -58,3 +58,28 @@ def test_unknown_run_is_one_line_and_status_2(capsys):
 def test_no_records_yet(capsys):
     assert main(["runs"]) == 0
     assert "no run records" in capsys.readouterr().out
+
+
+async def test_the_dashboard_lists_runs_in_the_cli_s_order_newest_first(capsys):
+    from textual.app import App
+
+    from app.widgets.runs import RunsTable
+    from ipc.records import list_runs
+
+    record("20250101-120000-aaaa", 2.5)
+    record("20250102-120000-bbbb", 3.25)
+
+    class Host(App):
+        def compose(self):
+            yield RunsTable()
+
+    app = Host()
+    async with app.run_test():
+        table = app.query_one(RunsTable)
+        table.show(list_runs(data_dir()))
+        shown = [str(key.value) for key in table.rows]
+        models = table.get_row_at(0)[3:5]
+    assert main(["runs", "--json"]) == 0
+    listed = [r["run_id"] for r in json.loads(capsys.readouterr().out)["runs"]]
+    assert shown == listed == ["20250102-120000-bbbb", "20250101-120000-aaaa"]
+    assert list(models) == ["/models/big", "/models/small"]  # as recorded, as the CLI shows them

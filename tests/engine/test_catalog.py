@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,152 @@ def test_large_half_models_keep_their_dtype_on_gpus_but_not_on_the_cpu():
     assert large.resident_bytes(on_cpu=False) == large.size_bytes
     assert large.load_dtype(on_cpu=True) == "float32"
     assert _info("float32", 8_000_000_000).load_dtype(on_cpu=True) is None
+
+
+def test_a_shard_cut_short_after_an_intact_header_is_named(tmp_path):
+    folder = fake_model(tmp_path / "m")
+    shard = folder / "model.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    pattern = rf"{re.escape(str(shard))} is cut short: its header describes \d+ bytes"
+    with pytest.raises(EngineInputError, match=pattern):
+        describe_model(folder)
+
+
+def test_a_shard_the_index_names_but_that_is_missing_is_named(tmp_path):
+    folder = fake_model(tmp_path / "m")
+    index = {"weight_map": {"embed.weight": "model.safetensors", "x": "model-2.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(EngineInputError, match=r"model-2.safetensors is missing \(1 of the 2"):
+        describe_model(folder)
+
+
+def pickled_weights(folder: Path, how: str) -> Path:
+    """A model folder whose only weights are pytorch_model.bin, saved `how`."""
+    import argparse
+    import pickle
+
+    import torch
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    file = folder / "pytorch_model.bin"
+    weights = {"embed.weight": torch.zeros(10, 4, dtype=torch.bfloat16), "n": torch.ones(4)}
+    if how == "state dict":
+        torch.save(weights, file)
+    elif how == "state dict, legacy format":
+        torch.save(weights, file, _use_new_zipfile_serialization=False)
+    elif how == "with training arguments":
+        torch.save({**weights, "args": argparse.Namespace(lr=0.1)}, file)
+    elif how == "plain pickle":
+        file.write_bytes(pickle.dumps({"embed.weight": [[0.0] * 4] * 10}, protocol=2))
+    elif how == "cut short":
+        torch.save(weights, file)
+        file.write_bytes(file.read_bytes()[:300])
+    return file
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("state dict", None),
+        ("state dict, legacy format", None),
+        ("with training arguments", "imports argparse.Namespace, which loading with weights_only"),
+        ("plain pickle", "is not a torch checkpoint"),
+        ("cut short", "is not a readable torch checkpoint"),
+    ],
+)
+def test_pickle_weights_are_judged_as_weights_only_loading_would_without_torch(
+    tmp_path, how, message
+):
+    import torch
+
+    file = pickled_weights(tmp_path / "m", how)
+    try:
+        torch.load(file, weights_only=True)
+        torch_refuses = False
+    except Exception:
+        torch_refuses = True
+    assert torch_refuses == (message is not None)  # the check agrees with torch itself
+    if message is None:
+        assert describe_model(tmp_path / "m").parameters is None  # no header to count from
+    else:
+        with pytest.raises(EngineInputError, match=re.escape(str(file)) + ".*" + message):
+            describe_model(tmp_path / "m")
+
+
+def test_the_catalog_shows_folders_that_cannot_load_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    extra = tmp_path / "extra"
+    fake_model(extra / "good")
+    shard = fake_model(extra / "cut") / "model.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    pickled_weights(extra / "pickled", "with training arguments")
+    fake_model(extra / "encoder", architectures=("BertModel",))  # another kind: left out
+
+    models = {m.name: m for m in list_models([extra])}
+    assert models["good"].problem is None
+    assert f"{shard} is cut short" in models["cut"].problem
+    assert "argparse.Namespace" in models["pickled"].problem
+    assert models["cut"].size_bytes == shard.stat().st_size
+    assert "encoder" not in models
+    assert models["cut"].as_json()["problem"] == models["cut"].problem
+    with pytest.raises(EngineInputError, match="cut short"):
+        resolve_model("cut", [extra])
+
+
+def test_models_go_by_their_catalog_name_else_by_the_path_as_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    extra = tmp_path / "extra"
+    fake_model(extra / "mine")
+    fake_model(tmp_path / "elsewhere")
+    assert resolve_model("mine", [extra]).name == "mine"
+    assert resolve_model(str(extra / "mine"), [extra]).name == "mine"  # a path in the catalog
+    assert resolve_model(str(catalog.DEMO_DIR / "target")).name == "demo-target"
+    given = str(tmp_path / "elsewhere")
+    assert resolve_model(given, [extra]).name == given
+
+
+def test_the_context_length_comes_from_config_json(tiny_pair, tmp_path):
+    assert describe_model(tiny_pair[0]).context_length == 1024
+    folder = fake_model(tmp_path / "gpt2")
+    (folder / "config.json").write_text(
+        json.dumps({"architectures": ["GPT2LMHeadModel"], "n_positions": 512})
+    )
+    assert describe_model(folder).context_length == 512
+    assert describe_model(fake_model(tmp_path / "none")).context_length is None
+
+
+def test_prompt_tokens_are_counted_as_the_model_s_tokenizer_does(tiny_pair):
+    from transformers import AutoTokenizer
+
+    info = describe_model(tiny_pair[0])
+    text = "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1)"
+    expected = len(AutoTokenizer.from_pretrained(tiny_pair[0])(text)["input_ids"])
+    assert catalog.count_prompt_tokens(info, text) == expected
+
+
+def test_a_run_longer_than_a_context_is_refused_with_the_numbers():
+    target = replace(_info("float32", 100), name="big", context_length=2048)
+    draft = replace(_info("float32", 10), name="small", context_length=1024)
+    assert catalog.context_problem(target, draft, 10, 1000, 6) is None
+    problem = catalog.context_problem(target, draft, 10, 1010, 6)
+    assert problem == (
+        "the run needs 1026 positions (10 prompt + 1010 new + k 6) but the draft small has a "
+        "context of 1024 tokens; use --max-new-tokens 1008 or less"
+    )
+    problem = catalog.context_problem(target, draft, 6000, 1, 6)
+    assert "6000 prompt" in problem and "the target big has a context of 2048" in problem
+    assert "use a shorter prompt" in problem
+
+
+def test_memory_need_is_what_loading_takes_on_those_devices():
+    from backends.base import Device
+
+    gpu = Device("cuda:0", "cuda", "H100", index=0)
+    sim = Device("sim-cuda:0", "cuda", "H100", index=0, simulated=True)
+    cpu = Device("cpu", "cpu", "CPU")
+    large = _info("bfloat16", 8_000_000_000)
+    assert large.memory_need([gpu]) == large.size_bytes
+    assert large.memory_need([sim]) == large.memory_need([cpu]) == large.size_bytes * 2
+    small = _info("bfloat16", 17_000_000)
+    assert small.memory_need([gpu]) == small.size_bytes * 2  # loads as float32 there too

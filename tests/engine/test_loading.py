@@ -98,3 +98,31 @@ def test_gpu_device_without_gpu_torch_is_an_input_error():
         check_torch_devices("cuda", ["cuda:0"])
     check_torch_devices("cuda", ["cpu"])  # the CPU is always reachable
     assert torch_build_vendor() in ("cpu", "cuda", "hip")
+
+
+def test_weights_damaged_after_the_catalog_read_them_are_named(tiny_pair, tmp_path):
+    import shutil
+
+    folder = tmp_path / "cut"
+    shutil.copytree(tiny_pair[0], folder)
+    info = describe_model(folder)
+    shard = folder / "model.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-1000])  # e.g. a sync that was still going on
+    with pytest.raises(EngineInputError, match=f"^{shard} is cut short"):
+        load_model(info, ["cpu"])
+
+
+def test_a_pickle_that_weights_only_loading_refuses_is_an_input_error(tiny_pair, tmp_path):
+    import argparse
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_pair[0], folder)
+    info = describe_model(folder)
+    state = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+    (folder / "model.safetensors").unlink()
+    torch.save({**state, "args": argparse.Namespace(lr=0.1)}, folder / "pytorch_model.bin")
+    with pytest.raises(EngineInputError, match="pytorch_model.bin is a pickle that imports"):
+        load_model(info, ["cpu"])

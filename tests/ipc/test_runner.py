@@ -144,7 +144,7 @@ def test_a_draft_that_cannot_load_reports_its_own_error(tiny_pair, tmp_path):
         data_dir=tmp_path,
     )
     assert handle.wait(120) is None
-    assert handle.error.role == "draft" and handle.error.exit_status == 1
+    assert handle.error.role == "draft" and handle.error.exit_status == 2  # bad input
     assert handle.error.text.startswith("draft daemon: ")
     assert "Traceback" not in handle.error.text and "\n" not in handle.error.text
     assert not any(alive(pid) for pid in handle.pids.values())
@@ -216,3 +216,33 @@ def _no_stray_children():
     import psutil
 
     assert not [c for c in psutil.Process().children() if c.status() != "zombie"]
+
+
+def test_a_configured_interpreter_that_exits_at_once_is_named(tiny_pair, tmp_path):
+    handle = start_run(
+        request(tiny_pair),
+        inventory=discover(),
+        backend_python={"cpu": "/bin/false"},  # starts, then exits 1 without a word
+        sampler=Quiet(),
+        data_dir=tmp_path,
+        config_path=tmp_path / "config.toml",
+    )
+    assert handle.wait(60) is None
+    assert "died: exit status 1" in handle.error.text
+    assert f"[backends.cpu] python = '/bin/false' ({tmp_path / 'config.toml'})" in (
+        handle.error.text
+    )
+
+
+def test_records_name_the_models_as_the_request_does(tiny_pair, tmp_path):
+    from dataclasses import replace
+
+    named = replace(request(tiny_pair, max_new_tokens=4), target_name="t", draft_name="d")
+    handle = start_run(
+        named, inventory=discover(), backend_python={}, sampler=Quiet(), data_dir=tmp_path
+    )
+    result = handle.wait(120)
+    assert result is not None, handle.error
+    assert (result["target_model"], result["draft_model"]) == ("t", "d")
+    run = json.loads((tmp_path / "runs" / handle.run_id / "run.json").read_text())
+    assert (run["target_model"], run["draft_model"]) == ("t", "d")
