@@ -39,9 +39,12 @@ class Board:
     target: tuple[str, ...] = ()
     draft: str | None = None
     selected: str = "target"  # the chosen chip, placed by the keyboard path
-    target_bytes: int | None = None
+    target_bytes: int | None = None  # weight bytes on GPUs (ModelInfo.resident_bytes)
     draft_bytes: int | None = None
     free_bytes: Mapping[str, int | None] = field(default_factory=dict)
+    # on the CPU half weights load as float32: there the roles weigh these (None: as on GPUs)
+    target_cpu_bytes: int | None = None
+    draft_cpu_bytes: int | None = None
 
     @classmethod
     def of(cls, devices: list[Device] | tuple[Device, ...]) -> Board:
@@ -58,9 +61,21 @@ class Board:
         _check_role(role)
         return replace(self, selected=role)
 
-    def with_models(self, target_bytes: int | None, draft_bytes: int | None) -> Board:
-        """The same placement judged against other model sizes."""
-        return replace(self, target_bytes=target_bytes, draft_bytes=draft_bytes)
+    def with_models(
+        self,
+        target_bytes: int | None,
+        draft_bytes: int | None,
+        target_cpu_bytes: int | None = None,
+        draft_cpu_bytes: int | None = None,
+    ) -> Board:
+        """The same placement judged against other model sizes (and their sizes on the CPU)."""
+        return replace(
+            self,
+            target_bytes=target_bytes,
+            draft_bytes=draft_bytes,
+            target_cpu_bytes=target_cpu_bytes,
+            draft_cpu_bytes=draft_cpu_bytes,
+        )
 
     def with_free(self, free_bytes: Mapping[str, int | None]) -> Board:
         """The same placement with fresh free-memory readings."""
@@ -99,17 +114,21 @@ class Board:
             )
         if self.draft == device_id:
             return f"the draft is already on {device_id}"
-        return fit_problem([device_id], self.draft_bytes, self.free_bytes, "draft")
+        return fit_problem([device_id], self._draft_bytes(device_id), self.free_bytes, "draft")
 
     def shortfall(self) -> Shortfall | None:
         """The memory the placed roles lack, or None when they fit (or cannot be judged, or the
         target is not placed yet)."""
         if not self.target:
             return None
+        target_bytes = self._target_bytes(self.target)
         if self.draft is None:
-            return shortfall(self.target, self.target_bytes, self.free_bytes, "target")
+            return shortfall(self.target, target_bytes, self.free_bytes, "target")
         return placement_shortfall(
-            Placement(self.target, self.draft), self.target_bytes, self.draft_bytes, self.free_bytes
+            Placement(self.target, self.draft),
+            target_bytes,
+            self._draft_bytes(self.draft),
+            self.free_bytes,
         )
 
     def missing(self) -> str | None:
@@ -175,10 +194,27 @@ class Board:
     def _never_fits(self, target: tuple[str, ...]) -> str | None:
         """Why no split that holds these cards could fit the target, or None."""
         every = self._split_cards(target)
-        short = shortfall(every, self.target_bytes, self.free_bytes, "target")
+        short = shortfall(every, self._target_bytes(every), self.free_bytes, "target")
         if short is None:
             return None
         return str(short) if len(every) == 1 else f"{short}, all of them together"
+
+    def _on_cpu(self, device_ids: Sequence[str]) -> bool:
+        """ModelInfo.weight_bytes_on's rule: the CPU figure where every card is the CPU."""
+        known = [self.devices[i] for i in device_ids if i in self.devices]
+        return bool(known) and all(d.backend == "cpu" for d in known)
+
+    def _target_bytes(self, device_ids: Sequence[str]) -> int | None:
+        """The target's weight bytes on these cards."""
+        if self.target_cpu_bytes is not None and self._on_cpu(device_ids):
+            return self.target_cpu_bytes
+        return self.target_bytes
+
+    def _draft_bytes(self, device_id: str) -> int | None:
+        """The draft's weight bytes on this card."""
+        if self.draft_cpu_bytes is not None and self._on_cpu([device_id]):
+            return self.draft_cpu_bytes
+        return self.draft_bytes
 
 
 def _check_role(role: str) -> None:

@@ -85,12 +85,12 @@ class ModelInfo:
         widened = self.load_dtype(on_cpu) == "float32" and self.dtype in HALF_DTYPES
         return self.size_bytes * 2 if widened else self.size_bytes
 
-    def memory_need(self, devices: Sequence[Any]) -> int:
+    def weight_bytes_on(self, devices: Sequence[Any]) -> int:
         """Weight bytes on these devices (`backends.base.Device`s): the one estimate that the
-        CLI and the dashboard judge a fit by. Work on the CPU or a simulated device runs on the
-        host, where half checkpoints load as float32."""
-        on_host = bool(devices) and all(getattr(d, "runs_on_host", False) for d in devices)
-        return self.resident_bytes(on_cpu=on_host)
+        CLI and the dashboard judge a fit by. A simulated GPU counts as the GPU it stands for,
+        so that a placement tried on a laptop says whether it would fit the real card."""
+        on_cpu = bool(devices) and all(getattr(d, "backend", None) == "cpu" for d in devices)
+        return self.resident_bytes(on_cpu=on_cpu)
 
     def as_json(self) -> dict:
         """The `specdeck models --json` entry."""

@@ -514,8 +514,8 @@ def place(
             placement,
             by_id,
             mode=mode,
-            target_bytes=target.memory_need([by_id.get(i) for i in placement.target]),
-            draft_bytes=draft.memory_need([by_id.get(placement.draft)]),
+            target_bytes=target.weight_bytes_on([by_id.get(i) for i in placement.target]),
+            draft_bytes=draft.weight_bytes_on([by_id.get(placement.draft)]),
             free_bytes={i: _free_bytes(inventory, by_id[i]) for i in ids if i in by_id},
         )
         return placement, {i: by_id[i] for i in ids}, mode

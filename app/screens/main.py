@@ -258,8 +258,11 @@ class MainScreen(Screen):
         self._models_changed(event.target, event.draft)
 
     def _models_changed(self, target: ModelInfo | None, draft: ModelInfo | None) -> None:
+        # the catalog's estimate, as the CLI judges a fit (ModelInfo.weight_bytes_on): on GPUs
+        # (simulated ones too) and on the CPU; the board picks by the cards
         self.board = self.board.with_models(
-            target.size_bytes if target else None, draft.size_bytes if draft else None
+            *(m.resident_bytes(on_cpu=False) if m else None for m in (target, draft)),
+            *(m.resident_bytes(on_cpu=True) if m else None for m in (target, draft)),
         )
         self._show_shortfall()
 

@@ -265,3 +265,46 @@ def test_demo_models_go_by_their_catalog_names_in_both_modes(capsys):
         ("demo-target", "demo-draft", "split"),
         ("demo-target", "demo-draft", "inprocess"),
     ]
+
+
+def sparse_model(root: Path, tokenizer_from: Path, gib: int) -> Path:
+    """A bfloat16 model folder of `gib` GiB of weights, in a sparse file (no disk used)."""
+    import struct
+
+    folder = root / f"big-{gib}g"
+    folder.mkdir()
+    shutil.copy(tokenizer_from / "tokenizer.json", folder)
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    data = gib * 2**30
+    header = json.dumps(
+        {"w": {"dtype": "BF16", "shape": [data // 2], "data_offsets": [0, data]}}
+    ).encode()
+    with (folder / "model.safetensors").open("wb") as fh:
+        fh.write(struct.pack("<Q", len(header)) + header)
+        fh.truncate(8 + len(header) + data)
+    return folder
+
+
+async def test_the_dashboard_and_the_cli_judge_a_fit_by_one_estimate(tiny_pair, tmp_path, capsys):
+    from engine.catalog import describe_model
+    from tests.app.dashboard_fakes import make_app, wait_for
+
+    big = sparse_model(tmp_path, tiny_pair[0], 100)
+    needs = re.compile(r"needs about (\d+\.\d) GiB")
+    cli_needs = {}
+    for card, placement in (("sim-cuda:0", SPLIT), ("cpu", ["--target", "cpu"])):
+        argv = ["--target-model", str(big), "--draft-model", str(tiny_pair[1]), *placement]
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and needs.search(err), err
+        cli_needs[card] = needs.search(err).group(1)
+    # a simulated GPU is judged as the GPU it stands for; on the CPU bfloat16 loads as float32
+    assert cli_needs == {"sim-cuda:0": "120.0", "cpu": "240.0"}
+
+    app = make_app(models=(describe_model(big), describe_model(tiny_pair[1])))
+    async with app.run_test() as pilot:
+        board = lambda: app.screen.board  # noqa: E731
+        await wait_for(pilot, lambda: board().target_bytes, "the chosen models' sizes")
+        dashboard_needs = {
+            card: needs.search(board().why_not("target", card) or "").group(1) for card in cli_needs
+        }
+    assert dashboard_needs == cli_needs

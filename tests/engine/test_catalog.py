@@ -317,14 +317,14 @@ def test_a_run_longer_than_a_context_is_refused_with_the_numbers():
     assert "use a shorter prompt" in problem
 
 
-def test_memory_need_is_what_loading_takes_on_those_devices():
+def test_weight_bytes_are_what_loading_takes_on_those_devices():
     from backends.base import Device
 
     gpu = Device("cuda:0", "cuda", "H100", index=0)
     sim = Device("sim-cuda:0", "cuda", "H100", index=0, simulated=True)
     cpu = Device("cpu", "cpu", "CPU")
     large = _info("bfloat16", 8_000_000_000)
-    assert large.memory_need([gpu]) == large.size_bytes
-    assert large.memory_need([sim]) == large.memory_need([cpu]) == large.size_bytes * 2
+    assert large.weight_bytes_on([gpu]) == large.weight_bytes_on([sim]) == large.size_bytes
+    assert large.weight_bytes_on([cpu]) == large.size_bytes * 2  # float32 on the CPU
     small = _info("bfloat16", 17_000_000)
-    assert small.memory_need([gpu]) == small.size_bytes * 2  # loads as float32 there too
+    assert small.weight_bytes_on([gpu]) == small.size_bytes * 2  # loads as float32 there too
