@@ -41,14 +41,19 @@ def check_seed(value: int, option: str = "--seed") -> None:
 
 
 def run_context_problem(
-    target: ModelInfo, draft: ModelInfo, prompt: str, max_new_tokens: int, k: int | str
+    target: ModelInfo,
+    draft: ModelInfo,
+    prompt: str,
+    max_new_tokens: int,
+    k: int | str,
+    option: str = "--max-new-tokens",
 ) -> str | None:
-    """Why prompt + max new tokens + k overflow the target's or the draft's context, or None.
+    """Why prompt + max new tokens + k overflow the target's or the draft's context, or None
+    (`option`: what the advice calls the token budget).
 
     The prompt is counted with the target's tokenizer.json (the `tokenizers` library).
     """
     from engine.catalog import context_problem, count_prompt_tokens
 
-    return context_problem(
-        target, draft, count_prompt_tokens(target, prompt), max_new_tokens, most_drafted(k)
-    )
+    prompt_tokens = count_prompt_tokens(target, prompt)
+    return context_problem(target, draft, prompt_tokens, max_new_tokens, most_drafted(k), option)

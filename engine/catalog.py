@@ -262,6 +262,7 @@ def context_problem(
     prompt_tokens: int | None,
     max_new_tokens: int,
     k_most: int,
+    option: str = "--max-new-tokens",
 ) -> str | None:
     """Why prompt + max new tokens + k drafted tokens overflow either model's context, or None.
 
@@ -275,7 +276,7 @@ def context_problem(
         if limit is not None and need > limit:
             room = limit - prompt - k_most
             fix = (
-                f"use --max-new-tokens {room} or less"
+                f"use {option} {room} or less"
                 if room >= 1
                 else "use a shorter prompt or a model with a longer context"
             )

@@ -483,6 +483,15 @@ class MainScreen(Screen):
             and target.tokenizer_fingerprint != draft.tokenizer_fingerprint
         ):
             problem = f"the tokenizers of {target.name} and {draft.name} differ"
+        elif target.problem or draft.problem:
+            broken = target if target.problem else draft
+            problem = f"{broken.name} cannot load: {broken.problem}"
+        else:  # the check the command line makes, with the numbers
+            from app.run_options import run_context_problem
+
+            problem = run_context_problem(
+                target, draft, options.prompt, options.max_new_tokens, options.k, "max new tokens"
+            )
         if problem:
             self.notify(problem, title="cannot launch", severity="error")
             return
@@ -504,6 +513,8 @@ class MainScreen(Screen):
             self.notify(f"the run launcher is not available: {exc}", severity="error")
             log.add(f"cannot launch: ipc.runner is not available ({exc})", "error")
             return
+        from app.run_options import DEFAULT_SEED
+
         trusted = set(self.config.trust_remote_code)
         request = RunRequest(
             target_model=str(target.path),
@@ -512,11 +523,13 @@ class MainScreen(Screen):
             mode=placement.mode,
             k=options.k,
             temperature=options.temperature,
-            seed=0,
+            seed=DEFAULT_SEED,
             prompt=options.prompt,
             max_new_tokens=options.max_new_tokens,
             baseline=options.baseline,
             trust_remote_code=bool(trusted & {target.name, str(target.path)}),
+            target_name=target.name,  # records name models as the command line does
+            draft_name=draft.name,
         )
         screen = self
 

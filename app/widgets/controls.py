@@ -8,7 +8,14 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Input, Static
 
-DEFAULT_PROMPT = "def fibonacci(n):"
+from app.run_options import (  # the command line's defaults and limits, the same here
+    DEFAULT_K,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_PROMPT,
+    DEFAULT_TEMPERATURE,
+    K_LIMIT,
+    MAX_NEW_TOKENS_LIMIT,
+)
 
 
 class BadOption(ValueError):
@@ -33,16 +40,18 @@ def parse_options(
     if not prompt.strip():
         raise BadOption("the prompt is empty")
     k = k.strip().lower()
-    if k != "auto" and (not k.isdigit() or not 1 <= int(k) <= 32):
-        raise BadOption(f"k must be a whole number from 1 to 32, or auto (not {k!r})")
+    if k != "auto" and (not k.isdigit() or not 1 <= int(k) <= K_LIMIT):
+        raise BadOption(f"k must be a whole number from 1 to {K_LIMIT}, or auto (not {k!r})")
     try:
         temp = float(temperature)
     except ValueError:
         raise BadOption(f"temperature must be a number (not {temperature!r})") from None
     if not 0.0 <= temp <= 5.0:
         raise BadOption("temperature must be between 0 and 5")
-    if not max_new_tokens.strip().isdigit() or int(max_new_tokens) < 1:
-        raise BadOption(f"max new tokens must be a positive number (not {max_new_tokens!r})")
+    if not max_new_tokens.strip().isdigit() or not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS_LIMIT:
+        raise BadOption(
+            f"max new tokens must be from 1 to {MAX_NEW_TOKENS_LIMIT} (not {max_new_tokens!r})"
+        )
     return RunOptions(
         prompt=prompt,
         k="auto" if k == "auto" else int(k),
@@ -66,11 +75,15 @@ class RunControls(Vertical):
         yield Input(DEFAULT_PROMPT, id="prompt", placeholder="prompt text", compact=True)
         with Horizontal(classes="option-row"):
             yield Static("k", classes="option-label")
-            yield Input("6", id="k", placeholder="N or auto", classes="option", compact=True)
+            yield Input(
+                str(DEFAULT_K), id="k", placeholder="N or auto", classes="option", compact=True
+            )
             yield Static("temp", classes="option-label")
-            yield Input("0.0", id="temperature", classes="option", compact=True)
+            yield Input(str(DEFAULT_TEMPERATURE), id="temperature", classes="option", compact=True)
             yield Static("max", classes="option-label")
-            yield Input("64", id="max-new-tokens", classes="option", compact=True)
+            yield Input(
+                str(DEFAULT_MAX_NEW_TOKENS), id="max-new-tokens", classes="option", compact=True
+            )
         yield TickBox("baseline (target-only, for speedup)", id="baseline", compact=True)
         with Horizontal(classes="button-row"):
             yield Button("Launch", id="launch", variant="success", compact=True)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.markup import escape
 from textual.message import Message
 from textual.widgets import Select, Static
 
@@ -30,9 +31,12 @@ def parameters_text(count: int | None) -> str:
 
 
 def model_facts(info: ModelInfo | None) -> str:
-    """One line of what a model is: parameters, size on disk, dtype, architecture."""
+    """One line of what a model is: parameters, size on disk, dtype, architecture; or why a
+    broken folder cannot load."""
     if info is None:
         return "[dim]no model chosen[/dim]"
+    if info.problem:
+        return f"[b]broken[/b]: {escape(info.problem)}"
     return (
         f"{parameters_text(info.parameters)} params · {size(info.size_bytes)} · "
         f"{info.dtype or NA} · {info.architecture or NA}"
@@ -155,16 +159,17 @@ class ModelsPanel(Vertical):
         badge.set_classes(f"badge-line {cls}")
 
     def _defaults(self) -> tuple[int | None, int | None]:
-        bundled = [i for i, m in enumerate(self.models) if m.bundled]
+        loadable = [i for i, m in enumerate(self.models) if not m.problem]  # never a broken one
+        bundled = [i for i in loadable if self.models[i].bundled]
         if len(bundled) >= 2:
             by_name = sorted(bundled, key=lambda i: self.models[i].size_bytes, reverse=True)
             return by_name[0], by_name[1]
-        if len(self.models) >= 2:
-            big = sorted(range(len(self.models)), key=lambda i: -self.models[i].size_bytes)
+        if len(loadable) >= 2:
+            big = sorted(loadable, key=lambda i: -self.models[i].size_bytes)
             return big[0], big[-1]
-        return (0, 0) if self.models else (None, None)
+        return (loadable[0], loadable[0]) if loadable else (None, None)
 
     @staticmethod
     def _label(m: ModelInfo) -> str:
-        tag = " (demo)" if m.bundled else ""
+        tag = " (broken)" if m.problem else " (demo)" if m.bundled else ""
         return f"{m.name}{tag}"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from app import run_options
 from app.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -308,3 +309,37 @@ async def test_the_dashboard_and_the_cli_judge_a_fit_by_one_estimate(tiny_pair, 
             card: needs.search(board().why_not("target", card) or "").group(1) for card in cli_needs
         }
     assert dashboard_needs == cli_needs
+
+
+async def test_the_dashboard_starts_from_the_cli_s_defaults_and_makes_its_context_check(
+    tiny_pair,
+):
+    from textual.widgets import Input
+
+    from app.cli import build_parser
+    from engine.catalog import describe_model
+    from tests.app.dashboard_fakes import make_app, wait_filled, wait_for
+
+    defaults = build_parser().parse_args(["run"])
+    app = make_app(models=tuple(describe_model(f) for f in tiny_pair))  # 1024-token context
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_filled(pilot)
+        shown = {w: app.screen.query_one(f"#{w}", Input).value for w in
+                 ("prompt", "k", "temperature", "max-new-tokens")}  # fmt: skip
+        assert shown == {
+            "prompt": run_options.DEFAULT_PROMPT,
+            "k": defaults.k,
+            "temperature": str(defaults.temperature),
+            "max-new-tokens": str(defaults.max_new_tokens),
+        }
+        app.screen.query_one("#max-new-tokens", Input).value = "2500"
+        await pilot.press("t", "c", "right", "enter", "d", "enter")  # both on sim-cuda:0
+        await wait_for(pilot, lambda: app.screen.board.draft, "the draft placed")
+        await pilot.press("l")
+        await wait_for(
+            pilot, lambda: any(n.title == "cannot launch" for n in app._notifications), "refusal"
+        )
+        refusal = next(n.message for n in app._notifications if n.title == "cannot launch")
+        assert "+ 2500 new + k 6)" in refusal and "a context of 1024 tokens" in refusal
+        assert "use max new tokens " in refusal and app.screen.handle is None
+    assert run_options.DEFAULT_PROMPT == "def fibonacci(n):" and defaults.prompt is None
