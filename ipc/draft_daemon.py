@@ -22,7 +22,7 @@ from ipc.daemon_runtime import (
     torch_build,
 )
 
-MAX_K = 64
+MAX_K = codec.MAX_DRAFT_TOKENS
 MAX_CONTEXT = 1 << 20  # tokens a prepare may size a cache for
 
 
@@ -49,9 +49,13 @@ class DraftDaemon:
         self.welcome = dict(welcome)
         self.role = role
         self.vocab_size: int | None = getattr(drafter, "vocab_size", None)
+        self.context_tokens: int | None = None  # the model's context; None where unsaid
         self.shutting_down = False
         self._begun = False
         self._proposed: int | None = None  # length of the last proposal not yet committed
+        self._greedy = True  # temperature 0: proposals carry no q rows
+        self._committed = 0  # tokens of the session's context: the prompt and every commit
+        self._may_propose = False  # a commit came after the last begin or proposal
 
     def handle(self, frames: list[bytes]) -> list[bytes]:
         """Answer one request; a bad one gets an `error` reply and the daemon goes on."""
@@ -59,6 +63,8 @@ class DraftDaemon:
             msg = codec.decode(frames)
         except codec.ProtocolError as exc:
             return codec.error_frames(exc.code, str(exc), exc.msg_id, self.role)
+        except Exception as exc:  # a codec fault must not end the daemon; the peer hears of it
+            return codec.error_frames("bad-frame", f"unreadable message: {type(exc).__name__}")
         try:
             return self._serve(msg)
         except RequestError as exc:
@@ -85,7 +91,13 @@ class DraftDaemon:
             k = msg["k"]
             if not 1 <= k <= MAX_K:
                 raise RequestError("bad-value", f"k must be 1..{MAX_K}, not {k}")
+            if not self._may_propose:
+                raise RequestError(
+                    "state", "propose needs a commit first (after begin or a proposal)"
+                )
+            self._check_room(self._committed + k)
             t0 = time.perf_counter()
+            self._may_propose = False
             proposal = self.drafter.propose(k)
             compute = time.perf_counter() - t0
             self._proposed = len(proposal.tokens)
@@ -98,6 +110,8 @@ class DraftDaemon:
             position = msg["position"]
             if self._proposed is None or not 0 <= position < self._proposed:
                 raise RequestError("bad-value", f"no drafted position {position} to describe")
+            if self._greedy:
+                raise RequestError("bad-value", "a greedy session (temperature 0) has no q rows")
             t0 = time.perf_counter()
             row = np.asarray(self.drafter.q_row(position), dtype=np.float32)
             compute = time.perf_counter() - t0
@@ -107,9 +121,12 @@ class DraftDaemon:
             if not 0 <= accepted <= (self._proposed or 0):
                 raise RequestError("bad-value", f"cannot accept {accepted} of {self._proposed}")
             self._check_token(token)
+            self._check_room(self._committed + accepted + 1)
             t0 = time.perf_counter()
             self.drafter.commit(accepted, token)
             self._proposed = 0  # a commit with nothing drafted appends one more token
+            self._committed += accepted + 1
+            self._may_propose = True
             return codec.encode("ok", {"compute_s": time.perf_counter() - t0}, id=msg.id)
         raise RequestError("state", f"a draft daemon does not serve {kind!r}")
 
@@ -118,14 +135,17 @@ class DraftDaemon:
         temperature = msg["temperature"]
         if prompt.size == 0:
             raise RequestError("bad-value", "empty prompt")
+        self._check_room(prompt.size)
         for token in (int(prompt.min()), int(prompt.max())):
             self._check_token(token)
-        if not (math.isfinite(temperature) and temperature >= 0):
-            raise RequestError("bad-value", f"temperature must be >= 0, not {temperature}")
+        problem = codec.sampling_problem(temperature, msg["seed"])
+        if problem:
+            raise RequestError("bad-value", problem)
         t0 = time.perf_counter()
         self._begun = False
         self.drafter.begin([int(t) for t in prompt], float(temperature), msg["seed"])
         self._begun, self._proposed = True, 0
+        self._greedy, self._committed, self._may_propose = temperature == 0, prompt.size, False
         return codec.encode("ok", {"compute_s": time.perf_counter() - t0}, id=msg.id)
 
     def _prepare(self, msg: codec.Message) -> list[bytes]:
@@ -150,6 +170,13 @@ class DraftDaemon:
         fields = {"compute_s": time.perf_counter() - t0, "capture_s": float(capture_s)}
         return codec.encode("ok", fields, id=msg.id)
 
+    def _check_room(self, tokens: int) -> None:
+        if self.context_tokens is not None and tokens > self.context_tokens:
+            raise RequestError(
+                "bad-value",
+                f"{tokens} tokens would pass the draft model's context of {self.context_tokens}",
+            )
+
     def _check_token(self, token: int) -> None:
         if token < 0 or (self.vocab_size is not None and token >= self.vocab_size):
             raise RequestError("bad-value", f"token id {token} is outside the vocabulary")
@@ -165,6 +192,13 @@ class DraftDaemon:
             sock.send_multipart([frames[0], *self.handle(frames[1:])])
 
 
+def context_tokens(loaded: Any) -> int | None:
+    """The tokens a loaded model was made to attend to (`max_position_embeddings`), or None."""
+    config = getattr(getattr(loaded, "model", None), "config", None)
+    value = getattr(config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def model_facts(loaded: Any, spec: DaemonSpec) -> dict[str, Any]:
     """The `welcome` reply fields for a loaded model."""
     import torch
@@ -178,6 +212,7 @@ def model_facts(loaded: Any, spec: DaemonSpec) -> dict[str, Any]:
         "torch_version": str(torch.__version__),
         "torch_build": torch_build(),
         "pid": os.getpid(),
+        "context_tokens": context_tokens(loaded),
     }
 
 
@@ -213,6 +248,7 @@ def main(spec: DaemonSpec) -> int:
     welcome = {**model_facts(loaded, spec), **decode_path_facts(drafter)}
     daemon = DraftDaemon(drafter, welcome, spec.role, telemetry)
     daemon.vocab_size = getattr(loaded.model.config, "vocab_size", None)
+    daemon.context_tokens = context_tokens(loaded)
     telemetry.status("ready", f"{daemon.welcome['model']} on {', '.join(spec.device_ids)}")
     daemon.serve(sock)
     drafter.close()

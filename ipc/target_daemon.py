@@ -22,7 +22,7 @@ from ipc.daemon_runtime import (
     open_daemon,
     start_failed,
 )
-from ipc.draft_daemon import load_drafter, model_facts
+from ipc.draft_daemon import context_tokens, load_drafter, model_facts
 from ipc.remote_drafter import DraftLinkError, RemoteDrafter
 
 
@@ -118,6 +118,7 @@ class TargetDaemon:
         self.shutting_down = False
         self._stop = False
         self._running = False
+        self.context_tokens: int | None = None  # the shorter of the two models' contexts
 
     def serve(self, poll_ms: int = 200) -> None:
         """Answer requests until `shutdown`."""
@@ -133,6 +134,12 @@ class TargetDaemon:
         except codec.ProtocolError as exc:
             self._reply(ident, codec.error_frames(exc.code, str(exc), exc.msg_id, "target"))
             return
+        except Exception as exc:  # a codec fault must not end the daemon; the peer hears of it
+            text = f"unreadable message: {type(exc).__name__}"
+            self._reply(ident, codec.error_frames("bad-frame", text, 0, "target"))
+            return
+        starting = msg.type == "start" and not self._running
+        problem = self._start_problem(msg.fields) if starting else None
         if msg.type == "hello":
             self._reply(ident, codec.encode("welcome", self.welcome, id=msg.id))
         elif msg.type == "stop":
@@ -141,12 +148,40 @@ class TargetDaemon:
         elif msg.type == "shutdown":
             self._stop = self.shutting_down = True
             self._reply(ident, codec.encode("ok", id=msg.id))
+        elif msg.type == "start" and problem and not self._running:
+            self._reply(
+                ident, codec.error_frames("bad-value", f"start: {problem}", msg.id, "target")
+            )
         elif msg.type == "start" and not self._running:
             self._reply(ident, codec.encode("ok", id=msg.id))
             self._run(msg.fields)
         else:
             text = "a run is going on" if msg.type == "start" else f"cannot serve {msg.type!r}"
             self._reply(ident, codec.error_frames("state", text, msg.id, "target"))
+
+    def _start_problem(self, options: dict[str, Any]) -> str | None:
+        """Why a `start` cannot run, found before it is answered `ok` (None: it can)."""
+        k, max_new = options["k"], options["max_new_tokens"]
+        if k != "auto" and not (isinstance(k, int) and 1 <= k <= codec.MAX_DRAFT_TOKENS):
+            return f"k must be 1..{codec.MAX_DRAFT_TOKENS} or 'auto', not {k!r}"
+        if not 1 <= max_new <= codec.MAX_ARRAY_ELEMENTS:
+            return f"max_new_tokens must be 1..{codec.MAX_ARRAY_ELEMENTS}, not {max_new}"
+        problem = codec.sampling_problem(options["temperature"], options["seed"])
+        if problem:
+            return problem
+        try:
+            prompt = len(encode_prompt(self.target.tokenizer, options["prompt"]))
+        except Exception as exc:  # the tokenizer refused this text
+            return f"the prompt cannot be tokenized: {type(exc).__name__}"
+        if prompt == 0:
+            return "the prompt is empty after tokenization"
+        context = self.context_tokens
+        if context is not None and prompt + max_new > context:
+            return (
+                f"a prompt of {prompt} tokens and {max_new} new tokens is more than "
+                f"the context of {context} tokens"
+            )
+        return None
 
     def _reply(self, ident: bytes, frames: list[bytes]) -> None:
         self.sock.send_multipart([ident, *frames])
@@ -263,6 +298,14 @@ class TargetDaemon:
         )
 
 
+def shortest_context(target: Any, drafter: Drafter) -> int | None:
+    """The fewer tokens of the target's and the draft's contexts (None where neither says)."""
+    loaded_draft = getattr(drafter, "loaded", None)  # an in-process drafter holds its model
+    welcome = getattr(drafter, "welcome", None) or {}  # a draft daemon said it at hello
+    draft = context_tokens(loaded_draft) if loaded_draft else welcome.get("context_tokens")
+    return min((c for c in (context_tokens(target), draft) if c), default=None)
+
+
 def _connect_draft(spec: DaemonSpec, target_fingerprint: str | None) -> RemoteDrafter:
     """Reach the draft daemon and check that it speaks our protocol and tokenizer."""
     drafter = RemoteDrafter(spec.draft_endpoint, timeout_s=60.0)
@@ -300,6 +343,7 @@ def main(spec: DaemonSpec) -> int:
     except Exception as exc:
         return start_failed(spec, telemetry, exc)
     daemon = TargetDaemon(target, drafter, telemetry, sock, model_facts(target, spec))
+    daemon.context_tokens = shortest_context(target, drafter)
     telemetry.status("ready", f"{daemon.welcome['model']} on {', '.join(spec.device_ids)}")
     daemon.serve()
     drafter.close()

@@ -191,3 +191,49 @@ def test_requests_out_of_order_are_refused_not_obeyed(draft_daemon):
     with pytest.raises(DraftLinkError, match="no drafted position"):
         remote.q_row(0)
     remote.close()
+
+
+def test_a_q_row_of_a_greedy_session_is_refused_and_the_session_goes_on(draft_daemon):
+    _, endpoint = draft_daemon
+    remote = RemoteDrafter(endpoint, timeout_s=30)
+    remote.begin([1, 2, 3], 0.0, 0)
+    remote.commit(0, 4)
+    assert len(remote.propose(3).tokens) == 3
+    with pytest.raises(DraftLinkError, match="greedy") as info:
+        remote.q_row(0)
+    assert info.value.code == "bad-value"
+    remote.commit(1, 5)  # the session survived: it takes the commit and drafts on
+    assert len(remote.propose(2).tokens) == 2
+    remote.close()
+
+
+def test_a_session_cannot_grow_past_the_draft_models_context(draft_daemon, tiny_pair):
+    import json
+
+    _, endpoint = draft_daemon
+    context = json.loads((tiny_pair[1] / "config.json").read_text())["max_position_embeddings"]
+    remote = RemoteDrafter(endpoint, timeout_s=30)
+    assert remote.hello()["context_tokens"] == context
+    with pytest.raises(DraftLinkError, match="context") as info:
+        remote.begin([1] * (context + 1), 0.0, 0)
+    assert info.value.code == "bad-value"
+    remote.begin([1] * (context - 3), 0.0, 0)
+    remote.commit(0, 4)
+    with pytest.raises(DraftLinkError, match="context"):
+        remote.propose(3)
+    assert len(remote.propose(2).tokens) == 2
+    remote.close()
+
+
+def test_a_proposal_needs_a_commit_before_it(draft_daemon):
+    _, endpoint = draft_daemon
+    remote = RemoteDrafter(endpoint, timeout_s=30)
+    remote.begin([1, 2, 3], 0.8, 0)
+    with pytest.raises(DraftLinkError, match="commit first") as info:
+        remote.propose(2)
+    assert info.value.code == "state"
+    remote.commit(0, 4)
+    assert len(remote.propose(2).tokens) == 2
+    with pytest.raises(DraftLinkError, match="commit first"):
+        remote.propose(2)
+    remote.close()
