@@ -328,3 +328,20 @@ def test_weight_bytes_are_what_loading_takes_on_those_devices():
     assert large.weight_bytes_on([cpu]) == large.size_bytes * 2  # float32 on the CPU
     small = _info("bfloat16", 17_000_000)
     assert small.weight_bytes_on([gpu]) == small.size_bytes * 2  # loads as float32 there too
+
+
+def test_the_cli_s_checks_of_a_model_load_neither_torch_nor_transformers(tiny_pair, tmp_path):
+    pickled_weights(tmp_path / "pickled", "state dict")  # a pickle checked without torch
+    code = (
+        "import sys\n"
+        "from engine.catalog import check_model_files, count_prompt_tokens, list_models, "
+        "resolve_model\n"
+        f"info = resolve_model({str(tiny_pair[0])!r})\n"
+        "assert count_prompt_tokens(info, 'def f(x):') > 0\n"
+        f"check_model_files({str(tmp_path / 'pickled')!r})\n"
+        f"list_models([{str(tmp_path)!r}])\n"
+        "sys.exit(bool({'torch', 'transformers'} & set(sys.modules)))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
