@@ -195,6 +195,7 @@ def open_daemon(spec: DaemonSpec) -> tuple[Telemetry, zmq.Socket]:
     telemetry = Telemetry(ctx, spec.telemetry_endpoint, spec.role, spec.heartbeat_s)
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 1000)
+    sock.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)  # a bigger frame drops its peer
     sock.bind(spec.control_endpoint)
     telemetry.status("loading", f"loading {spec.model} on {', '.join(spec.device_ids)}")
     problem = torch_problem(spec)

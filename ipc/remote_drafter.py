@@ -48,6 +48,7 @@ class RemoteDrafter(Drafter):
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
         self._sock.connect(endpoint)
 
     def hello(self, timeout_s: float | None = None) -> dict[str, Any]:

@@ -98,6 +98,7 @@ class Supervisor:
         self.ctx = zmq.Context()
         self.telemetry = self.ctx.socket(zmq.SUB)
         self.telemetry.setsockopt(zmq.LINGER, 0)
+        self.telemetry.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
         self.telemetry.setsockopt(zmq.RCVHWM, 0)
         self.telemetry.setsockopt(zmq.SUBSCRIBE, b"")
         self.telemetry_endpoint = self.endpoint("telemetry")
@@ -156,6 +157,7 @@ class Supervisor:
             )
         control = self.ctx.socket(zmq.DEALER)
         control.setsockopt(zmq.LINGER, 0)
+        control.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
         control.connect(spec.control_endpoint)
         daemon = Daemon(spec, popen, control, log_path)
         self.daemons[spec.role] = daemon
