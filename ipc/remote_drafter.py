@@ -24,6 +24,17 @@ class DraftLinkError(RuntimeError):
         self.code = code
 
 
+# the reply each request must get (an `error` aside)
+REPLIES = {
+    "hello": "welcome",
+    "begin": "ok",
+    "propose": "proposal",
+    "q_row": "row",
+    "commit": "ok",
+    "shutdown": "ok",
+}
+
+
 class RemoteDrafter(Drafter):
     """Drafter over ZeroMQ; `transport_s` sums time on the wire (round trips minus compute)."""
 
@@ -42,6 +53,8 @@ class RemoteDrafter(Drafter):
         self.compute_s = 0.0
         self.capture_s = 0.0  # what the draft daemon's last prepare spent capturing
         self.welcome: dict[str, Any] = {}
+        self.vocab_size: int | None = None  # token ids a proposal may hold (the target's)
+        self._greedy = True  # the session's temperature is 0: proposals carry no q(x)
         self._taken = 0.0
         self._pending: int | None = None  # id of a commit whose answer is not read yet
         self._ids = itertools.count(1)
@@ -77,12 +90,28 @@ class RemoteDrafter(Drafter):
     def begin(self, prompt_ids: list[int], temperature: float, seed: int | None) -> None:
         arrays = {"prompt_ids": np.asarray(prompt_ids, dtype=np.int64)}
         self._request("begin", {"temperature": float(temperature), "seed": seed}, arrays)
+        self._greedy = temperature == 0
         self.transport_s = self._taken = 0.0
 
     def propose(self, k: int) -> Proposal:
         reply = self._request("propose", {"k": int(k)})
         tokens = reply.arrays["tokens"].tolist()
-        return Proposal(tokens=tokens, token_probs=reply.arrays["token_probs"].tolist())
+        probs = reply.arrays["token_probs"].tolist()
+        problem = self._proposal_problem(int(k), tokens, probs)
+        if problem:
+            raise DraftLinkError(f"bad proposal from the {self.name}: {problem}", "bad-value")
+        return Proposal(tokens=tokens, token_probs=probs)
+
+    def _proposal_problem(self, k: int, tokens: list[int], probs: list[float]) -> str | None:
+        """What the speculative loop could not use in a proposal (None: nothing)."""
+        if len(tokens) > k:
+            return f"{len(tokens)} tokens for k {k}"
+        vocab = self.vocab_size
+        if any(t < 0 or (vocab is not None and t >= vocab) for t in tokens):
+            return f"token ids {tokens} outside the vocabulary of {vocab}"
+        if len(probs) != len(tokens) and not (self._greedy and not probs):
+            return f"{len(probs)} probabilities for {len(tokens)} tokens"
+        return None
 
     def q_row(self, position: int) -> np.ndarray:
         return self._request("q_row", {"position": int(position)}).arrays["row"]
@@ -157,4 +186,8 @@ class RemoteDrafter(Drafter):
             if code == "version":
                 raise DraftLinkError(f"the {self.name} refused us: {reply['text']}", code)
             raise DraftLinkError(f"the {self.name} answered {type_!r} with: {reply['text']}", code)
+        if reply.type != REPLIES.get(type_, reply.type):
+            raise DraftLinkError(
+                f"bad reply from the {self.name}: {reply.type!r} to {type_!r}", "bad-reply"
+            )
         return reply

@@ -344,6 +344,8 @@ def main(spec: DaemonSpec) -> int:
         return start_failed(spec, telemetry, exc)
     daemon = TargetDaemon(target, drafter, telemetry, sock, model_facts(target, spec))
     daemon.context_tokens = shortest_context(target, drafter)
+    if isinstance(drafter, RemoteDrafter):  # draft token ids must be rows of the target
+        drafter.vocab_size = target.model.get_input_embeddings().num_embeddings
     telemetry.status("ready", f"{daemon.welcome['model']} on {', '.join(spec.device_ids)}")
     daemon.serve()
     drafter.close()

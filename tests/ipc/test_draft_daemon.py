@@ -3,6 +3,7 @@
 import random
 
 import msgpack
+import numpy as np
 import pytest
 import zmq
 
@@ -237,3 +238,68 @@ def test_a_proposal_needs_a_commit_before_it(draft_daemon):
     with pytest.raises(DraftLinkError, match="commit first"):
         remote.propose(2)
     remote.close()
+
+
+class FakeDraftDaemon:
+    """A ROUTER that answers each request with the frames a test hands it."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.endpoint = sup.endpoint("fake-draft")
+        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(self.endpoint)
+
+    def answer(self, make_reply) -> None:
+        """Answer the next request with make_reply(request)."""
+        assert self.sock.poll(10_000)
+        ident, *frames = self.sock.recv_multipart()
+        request = codec.decode(frames)
+        self.sock.send_multipart([ident, *make_reply(request)])
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _proposal(tokens, probs):
+    def reply(request):
+        arrays = {"tokens": np.asarray(tokens, dtype=np.int64), "token_probs": np.asarray(probs)}
+        return codec.encode("proposal", {"compute_s": 0.0}, id=request.id, arrays=arrays)
+
+    return reply
+
+
+def _ok(request):
+    return codec.encode("ok", id=request.id)
+
+
+@pytest.mark.parametrize(
+    ("temperature", "reply", "says"),
+    [
+        (0.0, _ok, "'ok' to 'propose'"),
+        (0.0, _proposal([1, 2, 3, 4], []), "4 tokens for k 3"),
+        (0.0, _proposal([1, -2], []), "outside the vocabulary"),
+        (0.0, _proposal([1, 500], []), "outside the vocabulary"),
+        (0.8, _proposal([1, 2], [0.5]), "1 probabilities for 2 tokens"),
+    ],
+)
+def test_a_reply_the_loop_cannot_use_is_a_draft_link_error(temperature, reply, says):
+    import threading
+
+    sup = Supervisor()
+    fake = FakeDraftDaemon(sup)
+    remote = RemoteDrafter(fake.endpoint, timeout_s=10)
+    remote.vocab_size = 400
+    try:
+        served = threading.Thread(
+            target=lambda: [fake.answer(_ok), fake.answer(_ok), fake.answer(reply)]
+        )
+        served.start()
+        remote.begin([1, 2, 3], temperature, 0)
+        remote.commit(0, 4)
+        with pytest.raises(DraftLinkError, match=says):
+            remote.propose(3)
+        served.join()
+    finally:
+        remote.close()
+        fake.close()
+        sup.stop()
