@@ -109,8 +109,14 @@ class TargetDaemon:
         telemetry: Telemetry,
         sock: zmq.Socket,
         welcome: dict[str, Any],
+        target_decoder: Any = None,
+        target_path: Any = None,
     ) -> None:
+        from engine.graph_decoder import DecodePath
+
         self.target = target
+        self.target_decoder = target_decoder  # the cuda-graph path's decoder, if on it
+        self.target_path = target_path or DecodePath("transformers", "no graph decoder given")
         self.drafter = drafter
         self.telemetry = telemetry
         self.sock = sock
@@ -200,7 +206,10 @@ class TargetDaemon:
         try:
             prompt_ids = encode_prompt(tokenizer, options["prompt"])
             k, temperature, seed = options["k"], options["temperature"], options["seed"]
-            decoder = SpeculativeDecoder(self.target, self.drafter, k, temperature, seed)
+            decoder = SpeculativeDecoder(
+                self.target, self.drafter, k, temperature, seed, self.target_decoder
+            )
+            self._say_decode_paths()
             take_transport = getattr(self.drafter, "take_transport_s", None)
             clock = {"decode_start": 0.0, "new": 0, "transport": 0.0}
             stream = TextStream(tokenizer)
@@ -239,7 +248,10 @@ class TargetDaemon:
                 on_step=on_step,
                 should_stop=self._should_stop,
                 on_first_token=on_first,
+                on_capture=self._on_capture,
             )
+            if decoder.fallback is not None:  # capture failed: transformers from now on
+                self._leave_graphs(decoder.fallback)
             baseline = None
             if options["baseline"] and not self._stop:
                 baseline = self._baseline(prompt_ids, options, target_only)
@@ -254,6 +266,7 @@ class TargetDaemon:
                 baseline=baseline,
                 transport_s=clock["transport"],
             )
+            doc.update(self._decode_path_figures(result, baseline))
             tel.emit("done", {"result": doc})
             tel.status("stopped" if result.stop_reason == "stopped" else "done")
         except Exception as exc:  # the run failed; say why and wait to be stopped
@@ -295,7 +308,47 @@ class TargetDaemon:
             options["temperature"],
             options["seed"],
             on_token=on_token,
+            target_decoder=self.target_decoder,
+            on_capture=self._on_capture,
         )
+
+    # -- decode paths ------------------------------------------------------------------
+
+    def _on_capture(self, text: str) -> None:
+        """Capturing graphs is a phase the user sees (it is not decode time)."""
+        self.telemetry.status("capture", text)
+
+    def _draft_path(self) -> dict[str, Any]:
+        """The draft's decode path: the in-process drafter's own, or the draft daemon's."""
+        path = getattr(self.drafter, "path", None)
+        if path is not None:
+            return path.as_dict()
+        welcome = getattr(self.drafter, "welcome", {}) or {}
+        return {
+            "path": welcome.get("decode_path"),
+            "reason": welcome.get("decode_path_reason"),
+            "capture_s": float(getattr(self.drafter, "capture_s", 0.0)),
+        }
+
+    def _say_decode_paths(self) -> None:
+        parts = []
+        for role, path in (("target", self.target_path.as_dict()), ("draft", self._draft_path())):
+            why = f" ({path['reason']})" if path["reason"] else ""
+            parts.append(f"{role} {path['path'] or 'unknown'}{why}")
+        self.telemetry.log("info", "decode paths: " + "; ".join(parts))
+
+    def _leave_graphs(self, reason: str) -> None:
+        from engine.graph_decoder import DecodePath
+
+        self.target_decoder, self.target_path = None, DecodePath("transformers", reason)
+        self.telemetry.log("warning", f"target leaves the cuda-graph path: {reason}")
+
+    def _decode_path_figures(self, result: Any, baseline: Any) -> dict[str, Any]:
+        """`decode_paths` (per role: path, reason, capture_s) and `capture_s` for the document."""
+        draft = self._draft_path()
+        total = result.capture_s + (baseline.capture_s if baseline is not None else 0.0)
+        target = {**self.target_path.as_dict(), "capture_s": max(0.0, total - draft["capture_s"])}
+        return {"decode_paths": {"target": target, "draft": draft}, "capture_s": total}
 
 
 def shortest_context(target: Any, drafter: Drafter) -> int | None:
@@ -333,6 +386,9 @@ def main(spec: DaemonSpec) -> int:
         target = load_model(
             info, list(spec.torch_devices), trust_remote_code=spec.trust_remote_code
         )
+        from engine.graph_decoder import open_graph_decoder
+
+        target_graphs = open_graph_decoder(target.model)
         if spec.draft_endpoint:
             telemetry.status("loading", "waiting for the draft daemon")
             drafter: Drafter = _connect_draft(spec, info.tokenizer_fingerprint)
@@ -342,7 +398,9 @@ def main(spec: DaemonSpec) -> int:
             )
     except Exception as exc:
         return start_failed(spec, telemetry, exc)
-    daemon = TargetDaemon(target, drafter, telemetry, sock, model_facts(target, spec))
+    daemon = TargetDaemon(
+        target, drafter, telemetry, sock, model_facts(target, spec), *target_graphs
+    )
     daemon.context_tokens = shortest_context(target, drafter)
     if isinstance(drafter, RemoteDrafter):  # draft token ids must be rows of the target
         drafter.vocab_size = target.model.get_input_embeddings().num_embeddings
