@@ -40,6 +40,10 @@ WARMUP_RUNS = 2  # eager runs before a capture: cuBLAS handles, workspaces, auto
 GREEDY, SAMPLED, DEFERRED = "greedy", "sampled", "deferred"  # how a verification chooses
 
 
+class CaptureError(RuntimeError):
+    """Capturing a program failed: the caller falls back to an eager path and says why."""
+
+
 @dataclass(frozen=True)
 class DecodePath:
     """Which forward a role decodes with, why not a faster one, and its capture seconds."""
@@ -63,6 +67,17 @@ def graph_unsupported(model: Any) -> str | None:
     if not torch.cuda.is_available():
         return "torch sees no CUDA device"
     return None
+
+
+def open_graph_decoder(model: Any) -> tuple[GraphDecoder | None, DecodePath]:
+    """A target's decoder on the graph path where the model allows it, and the path named."""
+    reason = graph_unsupported(model)
+    if reason is None:
+        try:
+            return GraphDecoder(model), DecodePath("cuda-graph")
+        except (ValueError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[0]
+    return None, DecodePath("transformers", reason)
 
 
 def capacity_for(tokens: int) -> int:
@@ -349,7 +364,11 @@ class GraphDecoder:
                     on_progress(f"capturing {what} ({index + 1}/{len(missing)})")
                 program = self._build(*key)
                 if self.capture:
-                    program.capture(self._pools)
+                    try:
+                        program.capture(self._pools)
+                    except Exception as exc:  # an op torch cannot capture, or no memory
+                        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                        raise CaptureError(f"capturing {key[0]} failed: {text}") from exc
                 self._programs[key] = program
             if missing:
                 # the warm-up runs moved the state; the cache they wrote past it is unused

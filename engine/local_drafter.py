@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -9,7 +10,14 @@ import torch
 
 from engine.drafter import Drafter, Proposal
 from engine.fast_decoder import LeanDecoder, lean_unsupported, open_decoder
-from engine.graph_decoder import GREEDY, SAMPLED, DecodePath, GraphDecoder, graph_unsupported
+from engine.graph_decoder import (
+    GREEDY,
+    SAMPLED,
+    CaptureError,
+    DecodePath,
+    GraphDecoder,
+    graph_unsupported,
+)
 from engine.loading import LoadedModel
 from engine.sampling import TokenSampler, probabilities
 
@@ -93,12 +101,19 @@ class LocalDrafter(Drafter):
         if self.graph is None:
             return 0.0
         mode = GREEDY if temperature <= 0 else SAMPLED
-        seconds = self.graph.prepare(
-            context_tokens + max(ks, default=1) + 2,
-            burst_ks=list(ks) or [1],
-            mode=mode,
-            on_progress=on_progress,
-        )
+        start = time.perf_counter()
+        try:
+            seconds = self.graph.prepare(
+                context_tokens + max(ks, default=1) + 2,
+                burst_ks=list(ks) or [1],
+                mode=mode,
+                on_progress=on_progress,
+            )
+        except CaptureError as exc:  # drafting goes on through the lean path, which says why
+            self.graph = None
+            self._decoder = open_decoder(self.loaded, True, "auto")
+            self._path = DecodePath("lean", str(exc))
+            return time.perf_counter() - start
         self._path = DecodePath("cuda-graph", None, seconds)
         return seconds
 
@@ -109,9 +124,7 @@ class LocalDrafter(Drafter):
         if self.graph is not None:
             # nothing captured yet when no run prepared this drafter (a direct caller)
             headroom = DEFAULT_HEADROOM if not self.graph.capacity else 2
-            self.graph.prepare(
-                len(prompt_ids) + headroom, burst_ks=[1], mode=self._graph_mode()
-            )
+            self.graph.prepare(len(prompt_ids) + headroom, burst_ks=[1], mode=self._graph_mode())
             self.graph.begin(temperature, seed)
             self.graph.start_draft(prompt_ids)
             self._committed, self._proposed = len(prompt_ids), 0

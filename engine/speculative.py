@@ -18,7 +18,7 @@ import torch
 
 from engine.drafter import Drafter, Proposal
 from engine.errors import EngineInputError
-from engine.graph_decoder import DEFERRED, GREEDY, SAMPLED, GraphDecoder
+from engine.graph_decoder import DEFERRED, GREEDY, SAMPLED, CaptureError, GraphDecoder
 from engine.kvcache import crop_cache
 from engine.loading import LoadedModel
 from engine.metrics import AcceptanceStats, StepRecord, decode_tokens_per_s
@@ -117,6 +117,7 @@ class SpeculativeDecoder:
         self.temperature = temperature
         self.seed = seed
         self.target_decoder = target_decoder
+        self.fallback: str | None = None  # why the graph path was left, if it was
 
     def generate(
         self,
@@ -139,7 +140,10 @@ class SpeculativeDecoder:
             raise EngineInputError(f"max new tokens must be at least 1, not {max_new_tokens}")
         if self.target_decoder is not None:
             run = _GraphRun(self, prompt, max_new_tokens, on_step, should_stop, on_capture)
-            return run.generate(on_first_token)
+            try:
+                return run.generate(on_first_token)
+            except CaptureError as exc:  # raised before the prefill: nothing ran yet
+                self.target_decoder, self.fallback = None, str(exc)
         target, drafter = self.target, self.drafter
         # the drafter seeds its draws from `seed`; the target's must be another stream, or
         # its uniforms would repeat the draft's and bias acceptance
