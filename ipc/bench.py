@@ -257,6 +257,7 @@ def inprocess_session(
 ) -> dict[str, Any]:
     """Speculative then target-only decoding of every prompt with models already loaded;
     the document has the pooled figures and `prompts` (one generation document each)."""
+    from engine.graph_decoder import open_graph_decoder
     from engine.local_drafter import LocalDrafter
     from engine.speculative import SpeculativeDecoder, target_only
     from ipc.target_daemon import encode_prompt, generation_document
@@ -264,19 +265,22 @@ def inprocess_session(
     s = settings
     tokenizer = target.tokenizer
     drafter = LocalDrafter(draft)
+    graphs, target_path = open_graph_decoder(target.model)  # the daemons' decode path
     stats = AcceptanceStats()
     documents: list[dict[str, Any]] = []
     try:
-        decoder = SpeculativeDecoder(target, drafter, s.k, s.temperature, s.seed)
+        decoder = SpeculativeDecoder(target, drafter, s.k, s.temperature, s.seed, graphs)
         if s.warmup_tokens > 0:
             ids = encode_prompt(tokenizer, prompts[0].text)
             warm = min(s.warmup_tokens, s.max_new_tokens)
             decoder.generate(ids, warm)
-            target_only(target, ids, warm, s.temperature, s.seed)
+            target_only(target, ids, warm, s.temperature, s.seed, target_decoder=graphs)
         for index, prompt in enumerate(prompts):
             ids = encode_prompt(tokenizer, prompt.text)
             spec = decoder.generate(ids, s.max_new_tokens)
-            base = target_only(target, ids, s.max_new_tokens, s.temperature, s.seed)
+            base = target_only(
+                target, ids, s.max_new_tokens, s.temperature, s.seed, target_decoder=graphs
+            )
             for step in spec.steps:
                 stats.add(step)
                 if recorder is not None:
@@ -291,6 +295,8 @@ def inprocess_session(
                 baseline=base,
                 transport_s=0.0,
             )
+            doc["decode_paths"] = {"target": target_path.as_dict(), "draft": drafter.path.as_dict()}
+            doc["capture_s"] = spec.capture_s + base.capture_s
             documents.append(doc)
             if on_prompt is not None:
                 on_prompt(index, doc)
