@@ -75,6 +75,31 @@ def mistral(**overrides):
     return MistralForCausalLM(MistralConfig(**options)).eval()
 
 
+def qwen2(**overrides):
+    """A tiny random Qwen2 (biases on q/k/v, no query/key norm), as most small drafts are."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(3)
+    options = dict(
+        vocab_size=VOCAB,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+    )
+    options.update(overrides)
+    model = Qwen2ForCausalLM(Qwen2Config(**options)).eval()
+    with torch.no_grad():  # random biases, so that a path ignoring them fails
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0.0, 0.2)
+    return model
+
+
 def reference_logits(model, context: list[int]) -> torch.Tensor:
     """transformers' logits at every position of `context`, one forward with no cache."""
     with torch.inference_mode():
@@ -92,6 +117,7 @@ SUPPORTED = {
         rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}
     ),
     "qwen3": lambda: qwen3(),
+    "qwen2": lambda: qwen2(),
     "mistral-no-window": lambda: mistral(sliding_window=None),
 }
 
