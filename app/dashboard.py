@@ -10,7 +10,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from app.config import save_theme
+from app.config import data_dir, save_theme
 from app.screens.main import MainScreen
 from themes.specdeck import DEFAULT_THEME, THEMES, VARIABLE_DEFAULTS
 
@@ -78,6 +78,26 @@ class DashboardApp(App):
             self._saved_theme = theme.name
         except OSError as exc:
             self.notify(f"could not save the theme: {exc}", severity="warning")
+
+    def deliver_screenshot(
+        self, filename: str | None = None, path: str | None = None, time_format: str | None = None
+    ) -> str | None:
+        """Save a screenshot, by default in `screenshots/` under the data folder: Textual's
+        default, the Downloads folder, is missing on most servers, where saving failed."""
+        if path is None:
+            folder = data_dir() / "screenshots"
+            try:
+                for private in (folder.parent, folder):  # 0700 like the records beside it
+                    private.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                self.notify(
+                    f"cannot save a screenshot in {folder}: {exc.strerror or exc}",
+                    title="Screenshot",
+                    severity="error",
+                )
+                return None
+            path = str(folder)
+        return super().deliver_screenshot(filename, path, time_format)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

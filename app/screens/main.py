@@ -13,7 +13,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.geometry import Size
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Header, Input, Static
+from textual.widgets import Button, Footer, Header, Input, Select
 
 from app.board import Board, free_memory
 from app.widgets.controls import BadOption, RunControls, RunOptions
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from engine.catalog import ModelInfo
 
 RUN_OVER = ("done", "stopped", "failed")
+CHIP_KEYS = Binding.Group("Chip")  # the footer shows `t d Chip`
+MODEL_KEYS = Binding.Group("Model")  # and `T D Model`
+COMPACT_FOOTER_BELOW = 130  # columns: the footer drops its spacing below this width
 
 
 def device_ids(inventory: Inventory) -> set[str]:
@@ -62,16 +65,19 @@ class MainScreen(Screen):
     AUTO_FOCUS = "DeviceCard"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (130, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (40, "-tall")]
+    # the footer shows them in this order: what a narrow terminal cuts comes last
     BINDINGS = [
-        Binding("t", "choose('target')", "Target chip"),
-        Binding("d", "choose('draft')", "Draft chip"),
-        Binding("c", "focus_cards", "Cards"),
         Binding("l", "launch", "Launch"),
         Binding("s", "stop", "Stop"),
-        Binding("b", "toggle_baseline", "Baseline"),
+        Binding("t", "choose('target')", "Target chip", group=CHIP_KEYS),
+        Binding("d", "choose('draft')", "Draft chip", group=CHIP_KEYS),
+        Binding("T,shift+t", "pick_model('target')", "Target model", "T", group=MODEL_KEYS),
+        Binding("D,shift+d", "pick_model('draft')", "Draft model", "D", group=MODEL_KEYS),
         Binding("p", "edit_prompt", "Prompt"),
         Binding("k", "edit_k", "k/temp"),
+        Binding("b", "toggle_baseline", "Baseline"),
         Binding("r", "runs", "Runs"),
+        Binding("c", "focus_cards", "Cards"),
         Binding("escape", "focus_cards", "Cards", show=False),
     ]
 
@@ -109,24 +115,27 @@ class MainScreen(Screen):
                 yield ModelsPanel(id="models")
                 yield RolePalette(id="palette")
                 yield RunControls(id="controls")
-                yield Static("idle", id="run-status")
             with Vertical(id="main"):
                 unavailable = [f"{u.backend}: {u.reason}" for u in self.inventory.unavailable]
                 yield DeviceGrid(self.inventory.devices, unavailable, id="devices")
                 # the live panes, the log, the inputs and pickers come after the first frame
                 yield Horizontal(id="live")
                 yield Horizontal(id="bottom")
-        yield Footer()
+        yield Footer(compact=self.app.size.width < COMPACT_FOOTER_BELOW)
+
+    def on_resize(self, event) -> None:
+        self.query_one(Footer).compact = event.size.width < COMPACT_FOOTER_BELOW
 
     def on_mount(self) -> None:
         self._set_titles(
             {
                 "#models": "Models",
-                "#palette": "Roles: drag, or t/d + enter",
+                "#palette": "Roles: drag, or t/d + ⏎",
                 "#controls": "Run",
                 "#devices": "Devices",
             }
         )
+        self._status("idle")
         self.query_one(RolePalette).selected = self.board.selected
         if self.models is not None:
             self._catalog_loaded(self.models)
@@ -433,6 +442,16 @@ class MainScreen(Screen):
 
     # -- run controls --------------------------------------------------------------------
 
+    def action_pick_model(self, role: str) -> None:
+        """Open the target or draft model picker."""
+
+        def open_picker() -> None:
+            picker = self.query_one(f"#pick-{role}", Select)
+            picker.focus()
+            picker.expanded = True
+
+        self._when_filled(open_picker)
+
     def action_edit_prompt(self) -> None:
         self._when_filled(lambda: self.query_one("#prompt", Input).focus())
 
@@ -661,9 +680,13 @@ class MainScreen(Screen):
         self.query_one(RunControls).set_running(False)
         self._status(state)
         self._show_board()
+        if self.throughput is not None:  # no step is going on any more: no rate "now"
+            self.throughput = replace(self.throughput, now=None)
+            self._when_filled(lambda: setattr(self.throughput_pane, "figures", self.throughput))
 
     def _status(self, text: str) -> None:
-        self.query_one("#run-status", Static).update(text)
+        """What the run is doing, on the Run pane's bottom edge."""
+        self.query_one(RunControls).border_subtitle = text
 
     def stop_everything(self, timeout_s: float = 15.0) -> None:
         """Stop the run going on and wait for its daemons to end (used when quitting)."""

@@ -8,11 +8,12 @@ from dataclasses import dataclass, replace
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from app.widgets.figures import MUTED, NA, bar, number, percent
+from app.widgets.figures import MUTED, NA, bar, flow, number, percent
 from app.widgets.spark import spark_text
 
 HISTORY = 240  # steps of AL history kept for the sparkline
 POSITION_ROWS = 5  # per-position bars that fit the pane in one column
+COMPACT_BELOW_ROWS = 8  # fewer rows than this: the figures without captions
 
 
 @dataclass(frozen=True)
@@ -53,22 +54,29 @@ class AcceptancePane(Widget):
 
     def render(self) -> str:
         f = self.figures
+        width, rows = self.content_size
         ceiling = float((f.k or max(f.history, default=1)) + 1)
-        history = spark_text([float(v) for v in f.history], self.content_size.width, ceiling)
+        history = spark_text([float(v) for v in f.history], width, ceiling)
+        if rows < COMPACT_BELOW_ROWS:  # a short terminal: no captions, positions on one line
+            positions = spark_text(list(f.per_position), len(f.per_position), 1.0) or NA
+            return (
+                f"{self._headline(width)}\n[$chart-acceptance]{history}[/]\n"
+                f"[{MUTED}]per position[/] [$chart-acceptance]{positions}[/]"
+            )
         return (
-            f"{self._headline()}\n"
+            f"{self._headline(width)}\n"
             f"[{MUTED}]AL history[/]\n"
             f"[$chart-acceptance]{history}[/]\n"
             f"[{MUTED}]per-position acceptance[/]\n"
             f"[$chart-acceptance]{self._positions()}[/]"
         )
 
-    def _headline(self) -> str:
+    def _headline(self, width: int) -> str:
         f = self.figures
         last = NA if f.last_al is None else str(f.last_al)
-        return (
-            f"AL last [b]{last}[/b]   mean AL [b]{number(f.mean_al)}[/b]\n"
-            f"acceptance rate [b]{percent(f.rate)}[/b]"
+        return flow(
+            [("AL last", last), ("mean AL", number(f.mean_al)), ("acceptance", percent(f.rate))],
+            width,
         )
 
     def _positions(self) -> str:

@@ -84,7 +84,12 @@ class RunControls(Vertical):
             yield Input(
                 str(DEFAULT_MAX_NEW_TOKENS), id="max-new-tokens", classes="option", compact=True
             )
-        yield TickBox("baseline (target-only, for speedup)", id="baseline", compact=True)
+        yield TickBox(
+            "target-only baseline",
+            id="baseline",
+            compact=True,
+            tooltip="Also decode with the target alone, for the speedup",
+        )
         with Horizontal(classes="button-row"):
             yield Button("Launch", id="launch", variant="success", compact=True)
             yield Button("Stop", id="stop", variant="error", disabled=True, compact=True)

@@ -24,6 +24,8 @@ from themes.specdeck import readable_text
 
 BADGES = {"cuda": "CUDA", "hip": "HIP", "cpu": "CPU"}
 CARD_WIDTH = 34  # cells a card needs to show its memory bar and power without cutting
+MOVE_KEYS = Binding.Group("Move", compact=True)  # the footer shows `←→ Move`
+TEXT_ROWS = 4  # head, memory, utilization, power; the roles placed take the row below them
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,10 @@ class DeviceCard(DropTarget, can_focus=True):
     """
 
     BINDINGS = [
-        Binding("enter,space", "place", "Place chip"),
-        Binding("delete,backspace,x", "remove", "Remove role"),
-        Binding("left", "move(-1)", "Prev card", key_display="←"),
-        Binding("right", "move(1)", "Next card", key_display="→"),
+        Binding("enter,space", "place", "Place", tooltip="Place the chosen chip on this card"),
+        Binding("delete,backspace,x", "remove", "Remove", tooltip="Take a role off this card"),
+        Binding("left", "move(-1)", "Prev card", key_display="←", group=MOVE_KEYS),
+        Binding("right", "move(1)", "Next card", key_display="→", group=MOVE_KEYS),
         Binding("up", "move_row(-1)", "Card above", show=False),
         Binding("down", "move_row(1)", "Card below", show=False),
     ]
@@ -99,16 +101,23 @@ class DeviceCard(DropTarget, can_focus=True):
 
     def render(self) -> str:
         return "\n".join(
-            (self.head_text(), self.memory_text(), self.utilization_text(), self.power_text())
+            (*self.head_lines(), self.memory_text(), self.utilization_text(), self.power_text())
         )
 
-    def head_text(self) -> str:
-        """Vendor badge, SIM badge, device name."""
+    def head_lines(self) -> tuple[str, ...]:
+        """Vendor badge, SIM badge and device name; the name gets a line of its own when it
+        does not fit beside the badges and the card has a row to spare (it is cut otherwise)."""
         d = self.device
-        head = self.badge(d.backend, BADGES.get(d.backend, d.backend.upper()))
-        if d.simulated:
-            head += self.badge("sim", "SIM")
-        return head + escape(d.name)
+        labels = [BADGES.get(d.backend, d.backend.upper()), *(["SIM"] if d.simulated else [])]
+        badges = self.badge(d.backend, labels[0]) + (
+            self.badge("sim", "SIM") if d.simulated else ""
+        )
+        beside = sum(len(label) + 3 for label in labels)  # " CUDA " and a space after it
+        width, rows = self.content_size
+        if beside + len(d.name) <= width or rows < TEXT_ROWS + 2:
+            return (badges + escape(d.name),)
+        name = d.name if len(d.name) <= width else d.name[: max(width - 1, 0)] + "…"
+        return badges.rstrip(), escape(name)
 
     def badge(self, name: str, label: str) -> str:
         """A badge in the theme's `badge-NAME` colour, its text black or white to read best."""

@@ -38,3 +38,19 @@ def bar(fraction: float | None, width: int) -> str:
     full, part = divmod(eighths, 8)
     partial = " ▏▎▍▌▋▊▉"[part] if part and full < width else ""
     return ("█" * full + partial).ljust(width, "░")
+
+
+def flow(pairs: list[tuple[str, str]], width: int, gap: int = 3) -> str:
+    """`label value` pairs (value in bold) on as few lines as `width` allows, a pair never split
+    across two lines, so a narrow pane does not run one figure's value into the next label."""
+    lines: list[list[str]] = []
+    used = 0
+    for label, value in pairs:
+        cells = len(label) + 1 + len(value)
+        if lines and used + gap + cells <= width:
+            lines[-1].append(f"{label} [b]{value}[/b]")
+            used += gap + cells
+        else:
+            lines.append([f"{label} [b]{value}[/b]"])
+            used = cells
+    return "\n".join((" " * gap).join(line) for line in lines)

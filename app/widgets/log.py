@@ -14,6 +14,7 @@ from textual.style import Style as TextualStyle
 from textual.widgets import RichLog
 
 MAX_LINES = 2000
+NARROW_BELOW = 32  # columns: a narrower log leaves the time out
 # theme variables for each level: the log is rewritten in the new colours when the theme changes
 LEVEL_COLOURS = {"error": "text-error", "warning": "text-warning", "debug": "text-muted"}
 
@@ -52,11 +53,16 @@ class EventLog(RichLog):
     of the time column."""
 
     def __init__(self, **kw) -> None:
-        super().__init__(wrap=True, max_lines=MAX_LINES, min_width=20, **kw)
+        super().__init__(wrap=True, max_lines=MAX_LINES, min_width=8, **kw)
         self.entries: deque[LogLine] = deque(maxlen=MAX_LINES)
+        self._width = 0  # the width the lines were last written for
 
     def on_mount(self) -> None:
         self.app.theme_changed_signal.subscribe(self, lambda _theme: self._rewrite())
+
+    def on_resize(self) -> None:
+        if self.scrollable_content_region.width != self._width:  # lines wrap to the new width
+            self._rewrite()
 
     def add(self, text: str, level: str = "info", role: str = "") -> None:
         """Write one line."""
@@ -70,13 +76,19 @@ class EventLog(RichLog):
             self.write(self._row(line))
 
     def _row(self, line: LogLine) -> Table:
+        self._width = width = self.scrollable_content_region.width
         row = Table.grid(padding=(0, 1))
-        row.add_column(no_wrap=True)
-        row.add_column(overflow="fold")
         style = self._colour(LEVEL_COLOURS.get(line.level))
         if line.level == "error":
             style += Style(bold=True)
-        row.add_row(Text(line.time, style=self._colour("text-muted")), Text(line.message, style))
+        text = Text(line.message, style)
+        if width and width < NARROW_BELOW:  # no room for a time column: the message only
+            row.add_column(overflow="fold")
+            row.add_row(text)
+            return row
+        row.add_column(no_wrap=True)
+        row.add_column(overflow="fold")
+        row.add_row(Text(line.time, style=self._colour("text-muted")), text)
         return row
 
     def _colour(self, variable: str | None) -> Style:

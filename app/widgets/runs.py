@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from textual.markup import escape
+from rich.table import Table
+from rich.text import Text
 from textual.widgets import DataTable, Static
 
 from app.widgets.figures import NA, number, percent
+
+MUTED_STYLE = "dim"  # the labels column
 
 COLUMNS = (
     "run",
@@ -79,54 +82,75 @@ class RunsTable(DataTable):
         return ("● " if run_id in self.marked else "  ") + run_id
 
 
-def _fmt(value: Any) -> str:
+def _plain(value: Any) -> str:
+    """A recorded value as text: n/a when absent, floats to 3 significant digits."""
     if value is None:
         return NA
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
     if isinstance(value, list | tuple):
-        return ", ".join(_fmt(v) for v in value) or NA
-    if isinstance(value, Mapping):
-        return "; ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+        return ", ".join(_plain(v) for v in value) or NA
     return str(value)
 
 
+def _placement(value: Any) -> str:
+    if not isinstance(value, Mapping):
+        return _plain(value)
+    return f"target {', '.join(value.get('target') or [])} · draft {value.get('draft') or NA}"
+
+
+def _positions(value: Any) -> str:
+    if not isinstance(value, list | tuple) or not value:
+        return NA
+    return " ".join(percent(v) for v in value)
+
+
+def _seconds(value: Any) -> str:
+    return NA if value is None else f"{value:.2f} s"
+
+
+# what a comparison shows: (label, the run record's key, how its value reads)
+COMPARED: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+    ("run", "run_id", _plain),
+    ("status", "status", _plain),
+    ("target model", "target_model", _plain),
+    ("draft model", "draft_model", _plain),
+    ("placement", "placement", _placement),
+    ("mode", "mode", _plain),
+    ("k", "k", _plain),
+    ("temperature", "temperature", _plain),
+    ("new tokens", "new_tokens", _plain),
+    ("steps", "steps", _plain),
+    ("mean AL", "mean_acceptance_length", number),
+    ("acceptance rate", "acceptance_rate", percent),
+    ("per position", "per_position_acceptance", _positions),
+    ("decode", "decode_tokens_per_s", lambda v: number(v, ".1f", " tok/s")),
+    ("speedup", "speedup", speedup_text),
+    ("prefill", "prefill_s", _seconds),
+    ("wall time", "wall_s", _seconds),
+)
+
+
 def comparison_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """(field, run A, run B) for the fields that matter when comparing two runs."""
+    """(label, run A, run B) for what matters when comparing two runs, in words."""
 
     def get(run: Mapping[str, Any], key: str) -> Any:
         summary = run.get("summary") or {}
         return summary.get(key, run.get(key))
 
-    keys = (
-        "run_id",
-        "status",
-        "target_model",
-        "draft_model",
-        "placement",
-        "mode",
-        "k",
-        "temperature",
-        "new_tokens",
-        "steps",
-        "mean_acceptance_length",
-        "acceptance_rate",
-        "per_position_acceptance",
-        "decode_tokens_per_s",
-        "speedup",
-        "prefill_s",
-        "wall_s",
-    )
-    return [(key, _fmt(get(a, key)), _fmt(get(b, key))) for key in keys]
+    return [(label, show(get(a, key)), show(get(b, key))) for label, key, show in COMPARED]
 
 
 class RunComparison(Static):
-    """Two runs side by side."""
+    """Two runs side by side, in aligned columns; a value that differs is bold."""
 
     def compare(self, a: Mapping[str, Any], b: Mapping[str, Any]) -> None:
         """Show runs a and b next to each other."""
-        rows = comparison_rows(a, b)
-        width = max(len(k) for k, _, _ in rows)
-        lines = [f"[b]{'':{width}}  {'A':<36}  B[/b]"]
-        lines += [f"{k:{width}}  {escape(x):<36}  {escape(y)}" for k, x, y in rows]
-        self.update("\n".join(lines))
+        table = Table(box=None, pad_edge=False, expand=True, show_edge=False)
+        table.add_column("", style=MUTED_STYLE, no_wrap=True)
+        table.add_column("A", ratio=1, overflow="fold")
+        table.add_column("B", ratio=1, overflow="fold")
+        for label, x, y in comparison_rows(a, b):
+            style = "bold" if x != y else ""
+            table.add_row(label, Text(x, style), Text(y, style))
+        self.update(table)

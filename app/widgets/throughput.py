@@ -8,11 +8,12 @@ from dataclasses import dataclass, replace
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from app.widgets.figures import NA, number
+from app.widgets.figures import NA, flow, number
 from app.widgets.spark import spark_text
 from engine.metrics import speedup
 
 SPLIT_WIDTH = 22
+COMPACT_BELOW_ROWS = 8  # fewer rows than this: the figures without captions
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,21 @@ class ThroughputPane(Widget):
     figures: reactive[ThroughputFigures] = reactive(ThroughputFigures, init=False)
 
     def render(self) -> str:
-        history = spark_text(list(self.figures.history), self.content_size.width, None)
+        f = self.figures
+        width, rows = self.content_size
+        history = spark_text(list(f.history), width, None)
+        if rows < COMPACT_BELOW_ROWS:  # a short terminal: the figures, the history, the split
+            sp = NA if f.speedup is None else f"{f.speedup:.2f}×"
+            figures = flow(
+                [
+                    ("now", f"{number(f.now, '.1f')} tok/s"),
+                    ("mean", f"{number(f.mean, '.1f')} tok/s"),
+                    ("speedup", sp),
+                ],
+                width,
+            )
+            split = split_bar(f.draft_s, f.verify_s, f.transport_s, max(width - 5, 0))
+            return f"{figures}\n[$chart-acceptance]{history}[/]\nstep {split}"
         return f"{self._headline()}\n[$chart-acceptance]{history}[/]\n\n{self._split()}"
 
     def _headline(self) -> str:

@@ -24,6 +24,11 @@ def titles(app) -> list[str]:
     return [n.title for n in app._notifications]
 
 
+def screen_text(app) -> str:
+    """The characters on the screen, as the compositor draws them."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
 def placed(app, device_id: str) -> list[str]:
     card = app.screen.query_one(f"#card-{device_id.replace(':', '-')}", DeviceCard)
     return [chip.role for chip in card.query(PlacedRole)]
@@ -157,7 +162,7 @@ async def test_card_bindings_are_shown_in_the_footer():
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: isinstance(app.focused, DeviceCard), "a card focused")
         shown = {b.binding.description for b in app.active_bindings.values() if b.binding.show}
-        assert {"Target chip", "Draft chip", "Place chip", "Remove role", "Next card"} <= shown
+        assert {"Target chip", "Draft chip", "Place", "Remove", "Next card"} <= shown
         assert {"Launch", "Stop", "Runs"} <= shown
 
 
@@ -175,8 +180,10 @@ async def test_cards_show_telemetry_and_na_for_what_is_not_reported():
         assert telemetry("sim-cuda:0").power_text() == "power 120/700 W  temp 45 °C"
         assert "79.0/80.0 GiB" in telemetry("sim-cuda:1").memory_text()
         assert telemetry("sim-cuda:0").utilization_text().endswith("%")
-        head = str(Content.from_markup(telemetry("sim-hip:0").render())).splitlines()[0]
-        assert "HIP" in head and "SIM" in head and "MI300X" in head
+        # badges, then the name (on the next line when it does not fit beside them)
+        head = str(Content.from_markup(telemetry("sim-hip:0").render())).splitlines()[:2]
+        assert "HIP" in head[0] and "SIM" in head[0] and "MI300X" in " ".join(head)
+        assert "Simulated AMD Instinct MI300X" in screen_text(app)  # not cut
 
 
 async def test_models_panel_shows_facts_and_the_tokenizer_badge():
@@ -253,9 +260,10 @@ async def test_theme_switch_is_remembered_in_the_config(tmp_path):
 
 async def test_runs_view_lists_and_compares_records(tmp_path):
     from app.config import data_dir
-    from app.widgets.runs import RunComparison, RunsTable
+    from app.widgets.runs import RunsTable
 
-    for n, al in (("20260101-000000-aaaa", 2.5), ("20260101-000001-bbbb", 3.5)):
+    split = [f"cuda:{i}" for i in range(8)]  # a long value must not push the next column
+    for n, al, target in (("20260101-000000-aaaa", 2.5, []), ("20260101-000001-bbbb", 3.5, split)):
         folder = data_dir() / "runs" / n
         folder.mkdir(parents=True)
         run = {
@@ -263,7 +271,7 @@ async def test_runs_view_lists_and_compares_records(tmp_path):
             "status": "done",
             "target_model": "t",
             "draft_model": "d",
-            "placement": {"target": ["cuda:0"], "draft": "cuda:1"},
+            "placement": {"target": target or ["cuda:0"], "draft": "cuda:1"},
             "mode": "split",
             "summary": {"mean_acceptance_length": al, "decode_tokens_per_s": 100.0},
         }
@@ -275,10 +283,13 @@ async def test_runs_view_lists_and_compares_records(tmp_path):
         table = app.screen.query_one(RunsTable)
         await wait_for(pilot, lambda: table.row_count == 2, "two rows")
         await pilot.press("space", "down", "space")
-        comparison = app.screen.query_one(RunComparison)
-        await wait_for(pilot, lambda: "3.5" in str(comparison.render()), "the comparison")
-        text = str(comparison.render())
-        assert "2.5" in text and "3.5" in text
+        await wait_for(pilot, lambda: "mean AL" in screen_text(app), "the comparison")
+        rows = {line.split()[1]: line for line in screen_text(app).splitlines() if "│ " in line}
+        assert "3.50" in rows["mean"] and "2.50" in rows["mean"]
+        # run B's column starts at one place in every row, whatever run A's values are
+        starts = {rows["run"].rindex("20260101-000000-aaaa"), rows["mean"].rindex("2.50")}
+        starts |= {rows["status"].rindex("done"), rows["placement"].rindex("target")}
+        assert len(starts) == 1, rows
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen.query(DeviceCard), "the main screen again")
 
@@ -295,3 +306,90 @@ def test_the_dashboard_never_imports_torch():
 
 def test_models_fixture_is_consistent():
     assert MODELS[0].tokenizer_fingerprint == MODELS[1].tokenizer_fingerprint
+
+
+async def test_keys_open_the_model_pickers_and_the_footer_lists_them():
+    from textual.widgets import Select
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_filled(pilot)
+        shown = {b.binding.description for b in app.active_bindings.values() if b.binding.show}
+        assert {"Target model", "Draft model"} <= shown
+        for key, role in (("T", "target"), ("D", "draft")):
+            await pilot.press("escape", key)
+            picker = app.screen.query_one(f"#pick-{role}", Select)
+            await wait_for(pilot, lambda p=picker: p.expanded, f"the {role} picker open")
+        await pilot.press("down", "enter")  # the draft picker's next model
+        panel = app.screen.query_one(ModelsPanel)
+        await wait_for(pilot, lambda: panel.draft is MODELS[2], "the other draft chosen")
+
+
+async def test_the_palettes_screenshot_command_saves_under_the_data_folder():
+    from app.config import data_dir
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_filled(pilot)
+        await pilot.press("ctrl+p")
+        await pilot.press(*"screenshot")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "Screenshot" in titles(app), "the screenshot's notification")
+        assert not [n for n in app._notifications if n.severity == "error"], notes(app)
+    (saved,) = (data_dir() / "screenshots").glob("*.svg")
+    assert "specdeck" in saved.read_text()
+
+
+async def test_after_the_run_decode_now_is_blank_and_the_status_is_on_the_run_pane():
+    from engine.metrics import StepRecord
+    from ipc.events import DoneEvent, StatusEvent, StepEvent
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await wait_filled(pilot)
+        screen.handle = object()
+        step = StepRecord(0, 5, 3, 4, 0.01, 0.02, 0.005, k=5)
+        for event in (
+            StatusEvent("target", "decode", "decoding"),
+            StepEvent(step, (1, 2), " x", 4.0, 0.6, (1.0, 0.9, 0.8), 120.0),
+        ):
+            screen.post_message(RunEventArrived(event))
+        controls = screen.query_one("#controls")
+        await wait_for(pilot, lambda: screen.throughput.now is not None, "a step")
+        assert controls.border_subtitle == "target: decode"
+        throughput = screen.query_one(ThroughputPane)
+        assert "decode now  n/a" not in str(Content.from_markup(throughput.render()))
+        screen.post_message(RunEventArrived(DoneEvent({"decode_tokens_per_s": 118.0})))
+        screen.post_message(RunEventArrived(StatusEvent("run", "done")))
+        await wait_for(pilot, lambda: screen.handle is None, "the run's end")
+        shown = str(Content.from_markup(throughput.render()))
+        assert "decode now  n/a" in shown and "decode mean 118.0" in shown
+        assert controls.border_subtitle == "done"
+        log = [line.message for line in screen.event_log.entries]
+        assert "target: decoding" in log  # not `decode decoding`
+
+
+def test_figures_that_do_not_fit_one_line_wrap_between_pairs_never_inside_one():
+    from app.widgets.figures import flow
+
+    pairs = [("AL last", "2"), ("mean AL", "3.14"), ("acceptance", "80%")]
+    assert flow(pairs, 80) == "AL last [b]2[/b]   mean AL [b]3.14[/b]   acceptance [b]80%[/b]"
+    assert flow(pairs, 24) == "AL last [b]2[/b]   mean AL [b]3.14[/b]\nacceptance [b]80%[/b]"
+    assert flow(pairs, 12) == "AL last [b]2[/b]\nmean AL [b]3.14[/b]\nacceptance [b]80%[/b]"
+
+
+def test_the_comparison_says_what_each_figure_is_and_in_words():
+    from app.widgets.runs import comparison_rows
+
+    a = {
+        "run_id": "a",
+        "placement": {"target": ["cuda:0", "cuda:1"], "draft": "cuda:1"},
+        "summary": {"mean_acceptance_length": 2.5, "acceptance_rate": 0.61, "wall_s": 1.5},
+    }
+    rows = {label: (x, y) for label, x, y in comparison_rows(a, {"run_id": "b"})}
+    assert rows["placement"] == ("target cuda:0, cuda:1 · draft cuda:1", "n/a")
+    assert rows["mean AL"] == ("2.50", "n/a")
+    assert rows["acceptance rate"] == ("61%", "n/a")
+    assert rows["wall time"] == ("1.50 s", "n/a")
+    assert not [label for label in rows if "_" in label]  # words, not the record's keys
