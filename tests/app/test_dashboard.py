@@ -1,6 +1,7 @@
 """The dashboard driven as a user would: mouse drags, keys, launch checks, themes, runs."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -368,6 +369,25 @@ async def test_after_the_run_decode_now_is_blank_and_the_status_is_on_the_run_pa
         assert controls.border_subtitle == "done"
         log = [line.message for line in screen.event_log.entries]
         assert "target: decoding" in log  # not `decode decoding`
+        drawn = [strip.text.rstrip() for strip in screen.event_log.lines]
+        assert any(re.fullmatch(r"\d\d:\d\d:\d\d target: decoding", line) for line in drawn)
+
+
+async def test_at_80_by_24_every_pane_launch_and_its_key_are_on_screen():
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_filled(pilot)
+        screen = app.screen
+        await wait_for(pilot, lambda: "l Launch" in screen_text(app), "the footer")
+        footer = screen_text(app).splitlines()[-1]
+        assert "l Launch" in footer and "T D Model" in footer
+        whole = screen.region
+        for part in ("#launch", "#stop", "#baseline", "#prompt", "#pick-target", "#pick-draft"):
+            region = screen.query_one(part).region
+            assert region.height and whole.contains_region(region), part
+            assert screen.query_one("#sidebar").region.contains_region(region), part
+        for pane in ("#devices", "#acceptance", "#throughput", "#output", "#log"):
+            assert screen.query_one(pane).content_region.height >= 3, pane
 
 
 def test_figures_that_do_not_fit_one_line_wrap_between_pairs_never_inside_one():
