@@ -113,9 +113,7 @@ def test_importing_the_bench_command_loads_no_torch():
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 
-def test_a_suite_prompt_that_overflows_the_context_is_refused_before_loading(
-    tiny_pair, capsys
-):
+def test_a_suite_prompt_that_overflows_the_context_is_refused_before_loading(tiny_pair, capsys):
     code = main([
         "bench", "--target-model", str(tiny_pair[0]), "--draft-model", str(tiny_pair[1]),
         "--n", "2", "--max-new-tokens", "1000", "--target", "cpu",
