@@ -331,13 +331,15 @@ class GraphDecoder:
         verify_ks: Sequence[int] = (),
         burst_ks: Sequence[int] = (),
         mode: str = GREEDY,
+        commit: bool = False,
         on_progress: Callable[[str], None] | None = None,
     ) -> float:
         """Size the cache for `tokens` and capture what a run needs; seconds spent capturing.
 
         `steps`: the one-token step (target-only decoding); `verify_ks`: verifications of
         k drafts, choosing by `mode` (greedy, sampled with device q rows, or deferred: the
-        residual drawn after the host fetched a q row); `burst_ks`: draft proposals.
+        residual drawn after the host fetched a q row); `burst_ks`: draft proposals (and
+        `commit`, the draft's commit, which they imply).
         What is already captured for this size is reused.
         """
         start = time.perf_counter()
@@ -345,7 +347,7 @@ class GraphDecoder:
         if steps:
             wanted.append(("step", 1, GREEDY if mode == GREEDY else SAMPLED))
         wanted += [("verify", k, mode) for k in verify_ks]
-        if burst_ks:
+        if burst_ks or commit:
             wanted.append(("commit", 0, GREEDY))
         wanted += [("burst", k, GREEDY if mode == GREEDY else SAMPLED) for k in burst_ks]
         with torch.inference_mode():

@@ -124,7 +124,7 @@ class LocalDrafter(Drafter):
         if self.graph is not None:
             # nothing captured yet when no run prepared this drafter (a direct caller)
             headroom = DEFAULT_HEADROOM if not self.graph.capacity else 2
-            self.graph.prepare(len(prompt_ids) + headroom, burst_ks=[1], mode=self._graph_mode())
+            self.graph.prepare(len(prompt_ids) + headroom, commit=True)
             self.graph.begin(temperature, seed)
             self.graph.start_draft(prompt_ids)
             self._committed, self._proposed = len(prompt_ids), 0
