@@ -148,7 +148,8 @@ def micro(torch, report: Report, target, draft, device: str) -> None:
 
     def at_context(run):
         def call():
-            tg.length[head].copy_(context)  # the same context length for every replay
+            with torch.inference_mode():
+                tg.length[head].copy_(context)  # the same context length for every replay
             run()
 
         return call
@@ -361,7 +362,8 @@ def main() -> None:
 
     if "micro" in stages:
         start = time.perf_counter()
-        micro(torch, report, target, draft, device)
+        with torch.inference_mode():
+            micro(torch, report, target, draft, device)
         speedup_table(doc)
         report.stage("micro", time.perf_counter() - start)
     if "hf-eager" in stages:

@@ -13,11 +13,17 @@ from engine.graph_decoder import GREEDY, GraphDecoder, open_graph_decoder
 from engine.loading import LoadedModel, load_model
 from engine.local_drafter import LocalDrafter
 from engine.speculative import SpeculativeDecoder, target_only
-from tests.engine.test_fast_decoder import CONTEXT, llama, qwen2, qwen3, reference_logits
+from tests.engine.test_fast_decoder import CONTEXT, llama, qwen2, qwen3
 
 pytestmark = pytest.mark.gpu
 
 MAKERS = {"llama": llama, "qwen3": qwen3, "qwen2": qwen2}
+
+
+def reference_logits(model, context: list[int]) -> torch.Tensor:
+    """transformers' logits at every position, one forward with no cache, on the GPU."""
+    with torch.inference_mode():
+        return model(torch.tensor([context], device="cuda:0")).logits[0]
 
 
 def on_gpu(model) -> LoadedModel:
