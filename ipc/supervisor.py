@@ -196,7 +196,11 @@ class Supervisor:
             msg = codec.decode(frames)
         except codec.ProtocolError as exc:
             return Incoming(daemon.role if daemon else "", channel, None, str(exc))
+        except Exception as exc:  # a codec fault must not end the run; the caller hears of it
+            return Incoming(daemon.role if daemon else "", channel, None, type(exc).__name__)
         role = daemon.role if daemon else str(msg.fields.get("role", ""))
+        if role not in self.daemons:
+            return Incoming("", channel, None, f"a {msg.type} event from no daemon: {role!r}")
         found = self.daemons.get(role)
         if found is not None:
             found.last_seen = time.monotonic()
