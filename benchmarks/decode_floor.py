@@ -128,7 +128,8 @@ def micro(torch, report: Report, target, draft, device: str) -> None:
     doc["draft_floor_ms"] = draft_bytes / bandwidth * 1e3
 
     prompt = [11 + 37 * i % 5000 for i in range(PROMPT_TOKENS)]
-    tokens = PROMPT_TOKENS + 2 * REPLAYS * (max(VERIFY_KS) + 2)
+    # the size a run of PROMPT_TOKENS + NEW_TOKENS gets; replays below keep the context fixed
+    tokens = PROMPT_TOKENS + NEW_TOKENS + 3 * (max(VERIFY_KS) + 1)
     tg = GraphDecoder(target)
     start = time.perf_counter()
     tg.prepare(tokens, steps=True, verify_ks=VERIFY_KS, mode=GREEDY)
