@@ -67,7 +67,7 @@ class AcceptancePane(Widget):
             f"{self._headline(width)}\n"
             f"[{MUTED}]AL history[/]\n"
             f"[$chart-acceptance]{history}[/]\n"
-            f"[{MUTED}]per-position acceptance[/]\n"
+            f"[{MUTED}]{'per-position acceptance' if width >= 23 else 'per position'}[/]\n"
             f"[$chart-acceptance]{self._positions()}[/]"
         )
 

@@ -43,14 +43,23 @@ def bar(fraction: float | None, width: int) -> str:
 def flow(pairs: list[tuple[str, str]], width: int, gap: int = 3) -> str:
     """`label value` pairs (value in bold) on as few lines as `width` allows, a pair never split
     across two lines, so a narrow pane does not run one figure's value into the next label."""
+    return flow_items(
+        [(f"{label} [b]{value}[/b]", len(label) + 1 + len(value)) for label, value in pairs],
+        width,
+        gap,
+    )
+
+
+def flow_items(items: list[tuple[str, int]], width: int, gap: int = 3) -> str:
+    """(markup, cells) items on as few lines as `width` allows, `gap` cells apart, never one
+    item split across two lines."""
     lines: list[list[str]] = []
     used = 0
-    for label, value in pairs:
-        cells = len(label) + 1 + len(value)
+    for markup, cells in items:
         if lines and used + gap + cells <= width:
-            lines[-1].append(f"{label} [b]{value}[/b]")
+            lines[-1].append(markup)
             used += gap + cells
         else:
-            lines.append([f"{label} [b]{value}[/b]"])
+            lines.append([markup])
             used = cells
     return "\n".join((" " * gap).join(line) for line in lines)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from app.widgets.figures import NA, flow, number
+from app.widgets.figures import NA, flow, flow_items, number
 from app.widgets.spark import spark_text
 from engine.metrics import speedup
 
@@ -87,28 +87,34 @@ class ThroughputPane(Widget):
             )
             split = split_bar(f.draft_s, f.verify_s, f.transport_s, max(width - 5, 0))
             return f"{figures}\n[$chart-acceptance]{history}[/]\nstep {split}"
-        return f"{self._headline()}\n[$chart-acceptance]{history}[/]\n\n{self._split()}"
+        return f"{self._headline(width)}\n[$chart-acceptance]{history}[/]\n\n{self._split(width)}"
 
-    def _headline(self) -> str:
+    def _headline(self, width: int) -> str:
         f = self.figures
         sp = NA if f.speedup is None else f"{f.speedup:.2f}×"
-        return (
-            f"decode now  [b]{number(f.now, '.1f')}[/b] tok/s\n"
-            f"decode mean [b]{number(f.mean, '.1f')}[/b] tok/s\n"
-            f"speedup [b]{sp}[/b] (baseline {number(f.baseline, '.1f')} tok/s)"
+        now, mean = ("decode now", "decode mean") if width >= 24 else ("now", "mean")
+        return flow(
+            [
+                (now, f"{number(f.now, '.1f')} tok/s"),
+                (mean, f"{number(f.mean, '.1f')} tok/s"),
+                ("speedup", sp),
+                ("baseline", f"{number(f.baseline, '.1f')} tok/s"),
+            ],
+            width,
         )
 
-    def _split(self) -> str:
+    def _split(self, width: int) -> str:
         f = self.figures
+        parts = (("draft", f.draft_s, "$role-draft"), ("verify", f.verify_s, "$role-target"))
+        parts += (("transport", f.transport_s, "$chart-low"),)
         total = f.draft_s + f.verify_s + f.transport_s
         if total <= 0:
-            return f"step time\ndraft {NA}  verify {NA}  transport {NA}"
-        share = {
-            k: 100 * v / total
-            for k, v in (("d", f.draft_s), ("v", f.verify_s), ("t", f.transport_s))
-        }
-        return (
-            f"step time {split_bar(f.draft_s, f.verify_s, f.transport_s, SPLIT_WIDTH)}\n"
-            f"[$role-draft]■[/] draft {share['d']:.0f}%  [$role-target]■[/] verify "
-            f"{share['v']:.0f}%\n[$chart-low]■[/] transport {share['t']:.0f}%"
-        )
+            return "step time\n" + flow_items(
+                [(f"{p} {NA}", len(p) + 4) for p, _, _ in parts], width, 2
+            )
+        bar = split_bar(f.draft_s, f.verify_s, f.transport_s, min(SPLIT_WIDTH, max(width - 10, 0)))
+        legend = []
+        for name, seconds, colour in parts:
+            text = f"{name} {100 * seconds / total:.0f}%"
+            legend.append((f"[{colour}]■[/] {text}", len(text) + 2))
+        return f"step time {bar}\n{flow_items(legend, width, 2)}"

@@ -360,12 +360,12 @@ async def test_after_the_run_decode_now_is_blank_and_the_status_is_on_the_run_pa
         await wait_for(pilot, lambda: screen.throughput.now is not None, "a step")
         assert controls.border_subtitle == "target: decode"
         throughput = screen.query_one(ThroughputPane)
-        assert "decode now  n/a" not in str(Content.from_markup(throughput.render()))
+        assert "decode now n/a" not in str(Content.from_markup(throughput.render()))
         screen.post_message(RunEventArrived(DoneEvent({"decode_tokens_per_s": 118.0})))
         screen.post_message(RunEventArrived(StatusEvent("run", "done")))
         await wait_for(pilot, lambda: screen.handle is None, "the run's end")
         shown = str(Content.from_markup(throughput.render()))
-        assert "decode now  n/a" in shown and "decode mean 118.0" in shown
+        assert "decode now n/a" in shown and "decode mean 118.0" in shown
         assert controls.border_subtitle == "done"
         log = [line.message for line in screen.event_log.entries]
         assert "target: decoding" in log  # not `decode decoding`
