@@ -131,11 +131,13 @@ def micro(torch, report: Report, target, draft, device: str) -> None:
     # the size a run of PROMPT_TOKENS + NEW_TOKENS gets; replays below keep the context fixed
     tokens = PROMPT_TOKENS + NEW_TOKENS + 3 * (max(VERIFY_KS) + 1)
     tg = GraphDecoder(target)
+    doc["kernels"] = {"target": tg.kernels, "target_reason": tg.kernels_reason}
     start = time.perf_counter()
     tg.prepare(tokens, steps=True, verify_ks=VERIFY_KS, mode=GREEDY)
     doc["capture_s"] = time.perf_counter() - start
     doc["capture_programs"] = {"target": f"step + verify k={VERIFY_KS[0]}..{VERIFY_KS[-1]}"}
     dg = GraphDecoder(draft)
+    doc["kernels"].update(draft=dg.kernels, draft_reason=dg.kernels_reason)
     start = time.perf_counter()
     dg.prepare(tokens, burst_ks=BURST_KS, mode=GREEDY)
     doc["draft_capture_s"] = time.perf_counter() - start

@@ -21,6 +21,7 @@ the CPU tests check this path's logic.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine import decode_kernels
 from engine.fast_decoder import LayerWeights, architecture_unsupported, layer_weights
 from engine.sampling import accept_greedy, accept_sampled, residual_row, sample_row
 
@@ -176,7 +178,12 @@ class GraphDecoder:
     """
 
     def __init__(
-        self, model: Any, *, capture: bool | None = None, split_layers: int | None = None
+        self,
+        model: Any,
+        *,
+        capture: bool | None = None,
+        split_layers: int | None = None,
+        kernels: str | None = None,
     ) -> None:
         reason = architecture_unsupported(model)
         if reason is not None:
@@ -207,6 +214,9 @@ class GraphDecoder:
         self.final_norm = inner.norm.weight.to(self.head_device)
         self.stages = self._stages(inner.layers, split_layers)
         self.devices = list(dict.fromkeys(s.device for s in self.stages))
+        self.kernels, self.kernels_reason = self._choose_kernels(
+            kernels or os.environ.get("SPECDECK_DECODE_KERNELS", "auto"), first
+        )
         self.clock = DeviceClock(self.head_device)
         self.capacity = 0
         self.k_cap = 0
@@ -218,6 +228,33 @@ class GraphDecoder:
             self._allocate_state()
 
     # -- layout --------------------------------------------------------------------------
+
+    def _choose_kernels(self, wanted: str, attn: Any) -> tuple[str, str | None]:
+        """ "triton" (fused kernels, checked on this device first) or "torch", and why not
+        triton. "auto" takes triton on CUDA when it agrees with the torch ops."""
+        if wanted == "torch":
+            return "torch", "torch ops asked for"
+        if not decode_kernels.available():
+            return "torch", "Triton is not installed"
+        if wanted == "auto" and not self.capture:
+            return "torch", "not on CUDA"
+        qk_norm = getattr(attn, "q_norm", None) is not None
+        try:
+            problem = decode_kernels.self_check(
+                self.head_device,
+                self.dtype,
+                self.heads,
+                self.kv_heads,
+                self.head_dim,
+                self.hidden,
+                qk_norm,
+            )
+        except Exception as exc:  # a kernel that does not compile here
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            problem = f"{type(exc).__name__}: {text}"
+        if problem is not None:
+            return "torch", f"Triton kernels disagree with torch here: {problem}"[:300]
+        return "triton", None
 
     def _stages(self, layers: Sequence[Any], split_layers: int | None) -> list[_Stage]:
         """Embedding, layers and head grouped into runs on one device, in forward order;
@@ -439,6 +476,10 @@ class GraphDecoder:
             return x
         n, device = x.shape[0], stage.device
         positions = start + self.key_index[device][offset : offset + n]
+        if self.kernels == "triton":
+            for local, (_, layer) in enumerate(stage.layers):
+                x = self._fused_layer(stage, local, layer, x, positions)
+            return x
         cos, sin = self.rope[device].index_select(0, positions).unsqueeze(1).chunk(2, dim=-1)
         # query rows are (token, group): row r belongs to token r // groups
         rows = positions.unsqueeze(1).expand(n, self.groups).reshape(-1) if n > 1 else positions
@@ -481,9 +522,34 @@ class GraphDecoder:
         gate, up = F.linear(h, *layer.gate_up).chunk(2, dim=-1)
         return _linear_add(x, F.silu(gate) * up, layer.down)
 
+    def _fused_layer(self, stage, local, layer: LayerWeights, x, positions) -> torch.Tensor:
+        """The same layer through engine.decode_kernels: about half the launches."""
+        kernels = decode_kernels
+        h = kernels.rms_norm(x, layer.input_norm, self.eps)
+        qkv = F.linear(h, *layer.qkv)
+        keys, values = stage.keys[local], stage.values[local]
+        q = kernels.qk_rope_cache(
+            qkv,
+            positions,
+            self.rope[stage.device],
+            layer.q_norm,
+            layer.k_norm,
+            keys,
+            values,
+            self.heads,
+            self.kv_heads,
+            self.eps,
+        )
+        out = kernels.attention(q, keys, values, positions, self.scaling)
+        x = _linear_add(x, out, layer.o)
+        h = kernels.rms_norm(x, layer.post_norm, self.eps)
+        return _linear_add(x, kernels.silu_mul(F.linear(h, *layer.gate_up)), layer.down)
+
     def _head(self, x: torch.Tensor, last_only: bool) -> torch.Tensor:
         if last_only:
             x = x[-1:]
+        if self.kernels == "triton":
+            return F.linear(decode_kernels.rms_norm(x, self.final_norm, self.eps), self.lm_head)
         return F.linear(F.rms_norm(x, (self.hidden,), self.final_norm, self.eps), self.lm_head)
 
     def _mirror(self) -> None:
