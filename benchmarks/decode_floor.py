@@ -359,6 +359,7 @@ def main() -> None:
         help="comma-separated: micro, hf-eager, specdeck, bench, hf-compile",
     )
     parser.add_argument("--budget-s", type=float, default=540.0, help="skip stages past this")
+    parser.add_argument("--bench-out", type=Path, default=None, help="bench.json/md/png here")
     args = parser.parse_args()
     began = time.perf_counter()
     stages = args.stages.split(",")
@@ -442,7 +443,7 @@ def main() -> None:
         report.stage("specdeck", time.perf_counter() - start)
     if "bench" in stages and left() > 120:
         start = time.perf_counter()
-        out_dir = args.work / "bench"
+        out_dir = args.bench_out or args.work / "bench"
         bench = specdeck(
             [
                 "bench",
