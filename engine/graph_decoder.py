@@ -298,7 +298,13 @@ class GraphDecoder:
         self.q_rows = torch.zeros((0, self.vocab), dtype=torch.float32, device=head)
         self.probs = torch.zeros((0, self.vocab), dtype=torch.float32, device=head)
         self.draft_out = torch.zeros(k_cap, dtype=long, device=head)
+        self._drop_programs()
+
+    def _drop_programs(self) -> None:
+        """Forget every program and the memory pools their graphs shared: torch refuses a
+        capture into a pool whose graphs were all freed (an internal assert in 2.11)."""
         self._programs.clear()
+        self._pools.clear()
 
     def _need_rows(self, which: str) -> torch.Tensor:
         """q rows (sampled drafting and verification) or p rows (deferred), allocated once."""
@@ -308,7 +314,7 @@ class GraphDecoder:
                 (self.k_cap + 1, self.vocab), dtype=torch.float32, device=self.head_device
             )
             setattr(self, which, rows)
-            self._programs.clear()
+            self._drop_programs()
         return getattr(self, which)
 
     def _allocate_cache(self, capacity: int) -> None:
@@ -341,7 +347,7 @@ class GraphDecoder:
                 torch.full((), -torch.inf, dtype=self.dtype, device=device),
             )
         self.capacity = capacity
-        self._programs.clear()
+        self._drop_programs()
 
     # -- preparing -----------------------------------------------------------------------
 

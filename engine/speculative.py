@@ -53,6 +53,7 @@ class GenerationResult:
     k_history: list[int]
     stop_reason: str = "max_new_tokens"  # or "eos" or "stopped"
     capture_s: float = 0.0  # graphs captured before the prefill (not in prefill or decode)
+    draft_capture_s: float = 0.0  # the drafter's part of capture_s
 
     @property
     def new_tokens(self) -> int:
@@ -311,8 +312,12 @@ class _GraphRun:
             mode=self.mode,
             on_progress=self.on_capture,
         )
+        draft_capture_s = 0.0
         if self.drafting:
-            capture_s += drafter.prepare(self.tokens, self.ks, self.temperature, self.on_capture)
+            draft_capture_s = drafter.prepare(
+                self.tokens, self.ks, self.temperature, self.on_capture
+            )
+            capture_s += draft_capture_s
         tg.begin(self.temperature, stream_seed(self.seed, VERIFY_STREAM))
         start = time.perf_counter()
         first = tg.start_target(self.prompt)
@@ -345,6 +350,7 @@ class _GraphRun:
             k_history=[s.k for s in self.steps],
             stop_reason=self.stop_reason,
             capture_s=capture_s,
+            draft_capture_s=draft_capture_s,
         )
 
     def _stopped(self) -> bool:

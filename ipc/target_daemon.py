@@ -345,9 +345,9 @@ class TargetDaemon:
 
     def _decode_path_figures(self, result: Any, baseline: Any) -> dict[str, Any]:
         """`decode_paths` (per role: path, reason, capture_s) and `capture_s` for the document."""
-        draft = self._draft_path()
+        draft = {**self._draft_path(), "capture_s": result.draft_capture_s}
         total = result.capture_s + (baseline.capture_s if baseline is not None else 0.0)
-        target = {**self.target_path.as_dict(), "capture_s": max(0.0, total - draft["capture_s"])}
+        target = {**self.target_path.as_dict(), "capture_s": total - result.draft_capture_s}
         return {"decode_paths": {"target": target, "draft": draft}, "capture_s": total}
 
 

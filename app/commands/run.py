@@ -99,6 +99,7 @@ class RunOutcome:
     output_text: str
     spec: GenerationResult
     baseline: GenerationResult | None
+    decode_paths: dict[str, Any] | None = None  # role -> path, reason, capture_s
 
 
 def main(args: argparse.Namespace) -> int:
@@ -261,6 +262,7 @@ def run_recorded(
 
 def run_inprocess(request: RunRequest, progress: RunProgress) -> RunOutcome:
     """Both models in this process: load, generate, and optionally decode target-only."""
+    from engine.graph_decoder import open_graph_decoder
     from engine.loading import check_torch_devices, load_model, quiet_transformers
     from engine.local_drafter import LocalDrafter
     from engine.speculative import SpeculativeDecoder, target_only
@@ -274,12 +276,18 @@ def run_inprocess(request: RunRequest, progress: RunProgress) -> RunOutcome:
     draft = load_model(request.draft, [draft_torch], trust_remote_code=request.trust_draft_code)
     prompt_ids = list(target.tokenizer(request.prompt)["input_ids"])
     drafter = LocalDrafter(draft)
+    graphs, target_path = open_graph_decoder(target.model)  # cuda-graph where it can
     try:
-        decoder = SpeculativeDecoder(target, drafter, request.k, request.temperature, request.seed)
-        progress.phase("warming up")
-        decoder.generate(prompt_ids, min(4, request.max_new_tokens))  # first calls pay setup
+        decoder = SpeculativeDecoder(
+            target, drafter, request.k, request.temperature, request.seed, graphs
+        )
+        progress.phase("warming up")  # and capturing: neither is decode time
+        warm = decoder.generate(prompt_ids, min(4, request.max_new_tokens))
+        capture_s, draft_capture_s = warm.capture_s, warm.draft_capture_s
         if request.baseline:
-            target_only(target, prompt_ids, 2, request.temperature, request.seed)
+            capture_s += target_only(
+                target, prompt_ids, 2, request.temperature, request.seed, target_decoder=graphs
+            ).capture_s
         progress.phase("speculative", reset=True)
         spec = decoder.generate(
             prompt_ids,
@@ -297,11 +305,20 @@ def run_inprocess(request: RunRequest, progress: RunProgress) -> RunOutcome:
                 request.temperature,
                 request.seed,
                 on_token=progress.token,
+                target_decoder=decoder.target_decoder,
             )
     finally:
         drafter.close()
     text = target.tokenizer.decode(spec.output_ids, skip_special_tokens=True)
-    return RunOutcome(len(prompt_ids), text, spec, baseline)
+    if decoder.fallback is not None:
+        target_path = type(target_path)("transformers", decoder.fallback)
+    capture_s += spec.capture_s + (baseline.capture_s if baseline is not None else 0.0)
+    draft_capture_s += spec.draft_capture_s
+    paths = {
+        "target": {**target_path.as_dict(), "capture_s": capture_s - draft_capture_s},
+        "draft": {**drafter.path.as_dict(), "capture_s": draft_capture_s},
+    }
+    return RunOutcome(len(prompt_ids), text, spec, baseline, paths)
 
 
 def inprocess_torch_device(device: Device) -> str:
@@ -352,6 +369,10 @@ def finish_run(request: RunRequest, outcome: RunOutcome) -> dict[str, Any]:
         "speedup": speedup(
             spec.decode_tokens_per_s,
             outcome.baseline.decode_tokens_per_s if outcome.baseline else None,
+        ),
+        "decode_paths": outcome.decode_paths,  # per role: cuda-graph, lean or transformers
+        "capture_s": sum(
+            (p or {}).get("capture_s", 0.0) for p in (outcome.decode_paths or {}).values()
         ),
         # run records hook in here: write the record, then put its id in run_id
         "run_id": None,

@@ -106,3 +106,16 @@ def test_the_tiny_pair_loaded_by_specdeck_is_exact_on_the_graph_path(tiny_pair):
     hf = target_only(target, ids, 64, 0.0, 0)
     spec = SpeculativeDecoder(target, LocalDrafter(draft), 4, 0.0, 0, target_decoder=graphs)
     assert spec.generate(ids, 64).output_ids == base.output_ids == hf.output_ids
+
+
+def test_programs_are_captured_again_after_the_buffers_grow():
+    """Growing k or the cache drops every graph; new captures get new memory pools (torch
+    asserts on a capture into a pool whose graphs were all freed)."""
+    decoder = GraphDecoder(on_gpu(llama()).model)
+    decoder.prepare(64, burst_ks=[1])
+    decoder.prepare(64, burst_ks=[5])  # a larger k: new buffers, every program again
+    decoder.prepare(2000, burst_ks=[5])  # a larger cache: the same
+    decoder.begin(0.0, 0)
+    decoder.start_draft(CONTEXT)
+    decoder.run("burst", 5)
+    assert decoder.capacity >= 2000 and len(decoder.draft_out[:5].tolist()) == 5
