@@ -12,7 +12,7 @@ from textual.screen import Screen
 
 from app.config import data_dir, save_theme
 from app.screens.main import MainScreen
-from themes.specdeck import DEFAULT_THEME, THEMES, VARIABLE_DEFAULTS
+from themes.specdeck import DEFAULT_THEME, THEMES, variable_defaults
 
 if TYPE_CHECKING:
     from app.config import Config
@@ -51,8 +51,9 @@ class DashboardApp(App):
         self.theme = theme or DEFAULT_THEME
 
     def get_theme_variable_defaults(self) -> dict[str, str]:
-        """specdeck's colour variables, for themes (Textual's own) that do not set them."""
-        return dict(VARIABLE_DEFAULTS)
+        """specdeck's colour variables, for themes (Textual's own) that do not set them: the
+        darker shades on a light theme."""
+        return variable_defaults(self.current_theme)
 
     def get_default_screen(self) -> Screen:
         return self._main

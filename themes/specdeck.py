@@ -7,6 +7,7 @@ carries its name in text, so colour is never the only cue.
 
 from __future__ import annotations
 
+from textual.color import Color
 from textual.theme import Theme
 
 # Okabe & Ito (2008), "Color Universal Design"
@@ -40,6 +41,43 @@ VARIABLE_DEFAULTS = {
     "drop-ok": OKABE_ITO["bluish-green"],
     "drop-refused": OKABE_ITO["vermillion"],
 }
+
+# the same hues, darker, for light backgrounds: the Okabe–Ito ones fade into them as text or bars
+LIGHT_VARIABLE_DEFAULTS = {
+    **VARIABLE_DEFAULTS,
+    "pane-border": "#7D7D77",
+    "role-target": "#B87F00",
+    "role-draft": "#3592C8",
+    "drop-ok": "#00785A",
+    "drop-refused": "#A34700",
+    "chart-acceptance": "#00785A",
+    "chart-utilization": OKABE_ITO["blue"],
+    "chart-memory": "#A34700",
+    "chart-low": "#6B6B6B",
+}
+
+
+def variable_defaults(theme: Theme) -> dict[str, str]:
+    """specdeck's colour variables for a theme that does not set them (Textual's own): the
+    darker shades on a light theme, and borders drawn from its own colours at 3:1."""
+    colours = theme.to_color_system().generate()
+    grounds = [colours[k] for k in ("background", "surface", "panel")]
+    return {
+        **(VARIABLE_DEFAULTS if theme.dark else LIGHT_VARIABLE_DEFAULTS),
+        "pane-border": border_colour(colours["foreground"], grounds),
+    }
+
+
+def border_colour(foreground: str, grounds: list[str], ratio: float = 3.2) -> str:
+    """The foreground blended into the first ground as little as gives `ratio` against every
+    ground (WCAG asks 3:1 of a border), or the foreground itself."""
+    fg = Color.parse(foreground)
+    for share in (0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+        blend = Color.parse(grounds[0]).blend(fg, share).hex6
+        if all(contrast_ratio(blend, Color.parse(g).hex6) >= ratio for g in grounds):
+            return blend
+    return fg.hex6
+
 
 DARK = Theme(
     name="specdeck-dark",
@@ -80,26 +118,16 @@ LIGHT = Theme(
     panel="#E8E8E4",
     dark=False,
     variables={
-        **VARIABLE_DEFAULTS,
-        "pane-border": "#7D7D77",
+        **LIGHT_VARIABLE_DEFAULTS,
         "button-color-foreground": "#000000",
         "block-cursor-foreground": "#FFFFFF",
+        "footer-key-foreground": "#A34700",  # vermillion, the accent, is 3.2:1 on the footer
         "scrollbar": "#7D7D77",
         "scrollbar-hover": "#5F5F5A",
         "scrollbar-active": OKABE_ITO["blue"],
         "scrollbar-background": "#E8E8E4",
         "scrollbar-background-hover": "#E8E8E4",
         "scrollbar-background-active": "#E8E8E4",
-        # the Okabe–Ito hues, darker: the light ones fade into a light background as text or bars
-        "footer-key-foreground": "#A34700",
-        "role-target": "#B87F00",
-        "role-draft": "#3592C8",
-        "drop-ok": "#00785A",
-        "drop-refused": "#A34700",
-        "chart-acceptance": "#00785A",
-        "chart-utilization": OKABE_ITO["blue"],
-        "chart-memory": "#A34700",
-        "chart-low": "#6B6B6B",
     },
 )
 

@@ -58,17 +58,18 @@ class AcceptancePane(Widget):
         ceiling = float((f.k or max(f.history, default=1)) + 1)
         history = spark_text([float(v) for v in f.history], width, ceiling)
         if rows < COMPACT_BELOW_ROWS:  # a short terminal: no captions, positions on one line
-            positions = spark_text(list(f.per_position), len(f.per_position), 1.0) or NA
+            spark = spark_text(list(f.per_position), len(f.per_position), 1.0)
+            positions = f"[$chart-acceptance]{spark}[/]" if spark else NA
             return (
                 f"{self._headline(width)}\n[$chart-acceptance]{history}[/]\n"
-                f"[{MUTED}]per position[/] [$chart-acceptance]{positions}[/]"
+                f"[{MUTED}]per position[/] {positions}"
             )
         return (
             f"{self._headline(width)}\n"
             f"[{MUTED}]AL history[/]\n"
             f"[$chart-acceptance]{history}[/]\n"
             f"[{MUTED}]{'per-position acceptance' if width >= 23 else 'per position'}[/]\n"
-            f"[$chart-acceptance]{self._positions()}[/]"
+            f"{self._positions()}"
         )
 
     def _headline(self, width: int) -> str:
@@ -85,6 +86,9 @@ class AcceptancePane(Widget):
             return NA
         columns = 1 if len(f.per_position) <= POSITION_ROWS else 2  # two once k outgrows the pane
         width = 12 if columns == 1 else 8
-        cells = [f"{i:>2} {bar(p, width)} {percent(p):>4}" for i, p in enumerate(f.per_position, 1)]
+        cells = [  # the bars in the chart's colour, the figures as text
+            f"{i:>2} [$chart-acceptance]{bar(p, width)}[/] {percent(p):>4}"
+            for i, p in enumerate(f.per_position, 1)
+        ]
         rows = -(-len(cells) // columns)
         return "\n".join("  ".join(cells[r::rows]) for r in range(rows))

@@ -99,4 +99,4 @@ class EventLog(RichLog):
         colour = TextualStyle.parse(f"${variable}").foreground or Color(0, 0, 0, 0)
         if colour.auto:  # `auto 60%`: the theme's text colour for this background, 60 % strong
             colour = background.get_contrast_text(colour.a)
-        return Style(color=(background + colour).hex)
+        return Style(color=(background + colour).rich_color)  # an ANSI theme's colours too

@@ -42,7 +42,8 @@ class OutputPane(VerticalScroll):
         return self._text
 
     def _show(self) -> None:
-        shown = Text(self._prompt, style="dim")
+        shown = Text()
+        shown.append(self._prompt, style="dim")  # only the prompt: the output is at full colour
         shown.append(self._text)
         self.query_one(".output-text", Static).update(shown)
         self.scroll_end(animate=False)

@@ -413,3 +413,24 @@ def test_the_comparison_says_what_each_figure_is_and_in_words():
     assert rows["acceptance rate"] == ("61%", "n/a")
     assert rows["wall time"] == ("1.50 s", "n/a")
     assert not [label for label in rows if "_" in label]  # words, not the record's keys
+
+
+async def test_the_output_is_at_full_colour_and_only_the_prompt_is_dimmed():
+    from app.widgets.output import OutputPane
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_filled(pilot)
+        pane = app.screen.query_one(OutputPane)
+        pane.begin("prompt:")
+        pane.append(" output")
+        await wait_for(pilot, lambda: "prompt: output" in screen_text(app), "the output drawn")
+        colours = {}
+        for strip in app.screen._compositor.render_strips():
+            for segment in strip:
+                for word in ("prompt:", "output"):
+                    if segment.text.strip() == word:
+                        colours[word] = segment.style.color
+        # both were dimmed once, drawn as one piece
+        assert colours.get("prompt:") != colours.get("output"), "prompt and output drawn alike"
+        assert colours["output"] == app.screen.query_one(OutputPane).rich_style.color
