@@ -434,3 +434,12 @@ async def test_the_output_is_at_full_colour_and_only_the_prompt_is_dimmed():
         # both were dimmed once, drawn as one piece
         assert colours.get("prompt:") != colours.get("output"), "prompt and output drawn alike"
         assert colours["output"] == app.screen.query_one(OutputPane).rich_style.color
+
+
+async def test_the_dashboard_runs_in_an_ansi_theme():
+    """Textual's ANSI themes leave colours to the terminal; the log's level colours follow."""
+    app = make_app(theme="ansi-dark")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_filled(pilot)
+        app.screen.event_log.add("a warning line", "warning")
+        await wait_for(pilot, lambda: "a warning line" in screen_text(app), "the line drawn")
