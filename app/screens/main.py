@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -123,7 +123,7 @@ class MainScreen(Screen):
                 yield Horizontal(id="bottom")
         yield Footer(compact=self.app.size.width < COMPACT_FOOTER_BELOW)
 
-    def on_resize(self, event) -> None:
+    def on_resize(self, event: events.Resize) -> None:
         self.query_one(Footer).compact = event.size.width < COMPACT_FOOTER_BELOW
 
     def on_mount(self) -> None:
@@ -682,7 +682,10 @@ class MainScreen(Screen):
         self._show_board()
         if self.throughput is not None:  # no step is going on any more: no rate "now"
             self.throughput = replace(self.throughput, now=None)
-            self._when_filled(lambda: setattr(self.throughput_pane, "figures", self.throughput))
+            self._when_filled(self._show_throughput)
+
+    def _show_throughput(self) -> None:
+        self.throughput_pane.figures = self.throughput
 
     def _status(self, text: str) -> None:
         """What the run is doing, on the Run pane's bottom edge."""
