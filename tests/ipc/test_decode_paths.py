@@ -1,0 +1,73 @@
+"""Every run names each role's decode path and why it is not the CUDA-graph one, in both
+modes; the draft daemon answers `prepare` (sizing and capturing before `begin`)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from app.cli import main
+from ipc import codec
+from ipc.draft_daemon import DraftDaemon, decode_path_facts
+
+
+@pytest.fixture(scope="module")
+def loaded_draft_daemon(tiny_pair):
+    """A DraftDaemon over the tiny draft on the CPU, answered without sockets."""
+    from engine.catalog import describe_model
+    from engine.loading import load_model
+    from engine.local_drafter import LocalDrafter
+
+    drafter = LocalDrafter(load_model(describe_model(tiny_pair[1]), ["cpu"]))
+    return DraftDaemon(drafter, {"role": "draft", **decode_path_facts(drafter)})
+
+
+def run_json(capsys, pair, *argv: str) -> dict:
+    code = main(
+        ["run", "--target-model", str(pair[0]), "--draft-model", str(pair[1]), "--target", "cpu",
+         "--prompt", "def f(x):", "--max-new-tokens", "8", "--k", "3", "--json", *argv]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def check_cpu_paths(result: dict) -> None:
+    paths = result["decode_paths"]
+    assert paths["target"]["path"] == "transformers"
+    assert "CUDA" in paths["target"]["reason"]  # the user sees why the fast path was not taken
+    assert paths["draft"]["path"] == "lean" and "CUDA" in paths["draft"]["reason"]
+    assert result["capture_s"] == 0.0
+
+
+def test_an_inprocess_run_names_both_decode_paths(tiny_pair, capsys):
+    check_cpu_paths(run_json(capsys, tiny_pair, "--mode", "inprocess"))
+
+
+def test_a_split_run_names_both_decode_paths(tiny_pair, capsys):
+    check_cpu_paths(run_json(capsys, tiny_pair, "--mode", "split", "--draft", "cpu"))
+
+
+def test_the_draft_daemon_prepares_and_refuses_impossible_sizes(loaded_draft_daemon):
+    daemon = loaded_draft_daemon
+    assert daemon.welcome["decode_path"] == "lean"
+
+    def prepare(ks, context=64, temperature=0.0):
+        frames = codec.encode(
+            "prepare",
+            {"context_tokens": context, "temperature": temperature},
+            id=7,
+            arrays={"ks": np.asarray(ks, dtype=np.int64)},
+        )
+        return codec.decode(daemon.handle(frames))
+
+    reply = prepare([3, 4])
+    assert reply.type == "ok" and reply["capture_s"] == 0.0  # the lean path captures nothing
+    for bad in (prepare([0]), prepare([65]), prepare([]), prepare([3], context=0)):
+        assert bad.type == "error" and bad["code"] == "bad-value"
+
+
+def test_welcome_facts_name_the_path_only_where_a_drafter_has_one():
+    assert decode_path_facts(object()) == {}
