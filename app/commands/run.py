@@ -286,7 +286,13 @@ def run_inprocess(request: RunRequest, progress: RunProgress) -> RunOutcome:
         capture_s, draft_capture_s = warm.capture_s, warm.draft_capture_s
         if request.baseline:
             capture_s += target_only(
-                target, prompt_ids, 2, request.temperature, request.seed, target_decoder=graphs
+                target,
+                prompt_ids,
+                2,
+                request.temperature,
+                request.seed,
+                target_decoder=graphs,
+                on_capture=progress.phase,
             ).capture_s
         progress.phase("speculative", reset=True)
         spec = decoder.generate(
