@@ -282,7 +282,9 @@ def run_inprocess(request: RunRequest, progress: RunProgress) -> RunOutcome:
             target, drafter, request.k, request.temperature, request.seed, graphs
         )
         progress.phase("warming up")  # and capturing: neither is decode time
-        warm = decoder.generate(prompt_ids, min(4, request.max_new_tokens))
+        warm = decoder.generate(
+            prompt_ids, min(4, request.max_new_tokens), on_capture=progress.phase
+        )
         capture_s, draft_capture_s = warm.capture_s, warm.draft_capture_s
         if request.baseline:
             capture_s += target_only(
@@ -412,6 +414,14 @@ def format_summary(result: dict[str, Any]) -> str:
         ("decode", num(result["decode_tokens_per_s"], "{:.1f}", " tokens/s")),
         ("prefill", num(result["prefill_s"], "{:.3f}", " s")),
     ]
+    paths = result.get("decode_paths") or {}
+    if paths:  # which forward each role ran, and why not the fastest
+        named = [
+            f"{role} {p.get('path')}" + (f" ({p['reason']})" if p.get("reason") else "")
+            for role, p in paths.items()
+        ]
+        rows.append(("decode paths", "; ".join(named)))
+        rows.append(("graph capture", num(result.get("capture_s"), "{:.2f}", " s")))
     if result["baseline"] is not None:
         rows.append(
             (
