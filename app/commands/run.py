@@ -135,7 +135,9 @@ def run_split(
     split = request.for_daemons()
 
     def show(event: events.RunEvent) -> None:
-        if isinstance(event, events.StatusEvent) and event.role == "target":
+        if isinstance(event, events.StatusEvent) and event.state == "capture":
+            progress.phase(f"{event.role}: {event.text}")  # graphs: neither prefill nor decode
+        elif isinstance(event, events.StatusEvent) and event.role == "target":
             if event.state == "loading":
                 progress.phase("loading models")
             elif event.state == "prefill":
