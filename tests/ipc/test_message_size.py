@@ -28,30 +28,6 @@ def test_a_200_mb_request_is_refused_by_the_daemons_socket(demo_draft_daemon):
     assert demo_draft_daemon.alive()
 
 
-def test_a_200_mb_event_is_refused_by_the_supervisors_socket():
-    sup = Supervisor()
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    pub.connect(sup.telemetry_endpoint)
-    try:
-        heard = []
-        while not pub.poll(100):  # the SUB subscribes once the supervisor uses its socket
-            heard += sup.poll(0)
-        pub.recv()
-        pub.send(bytes(HUGE))
-        beat = codec.encode("heartbeat", {"role": "target", "pid": 1, "time": 0.0})
-        while not any(i.message is not None for i in heard):
-            if pub.poll(0):
-                pub.recv()  # a reconnect subscribes again
-            pub.send_multipart(beat)
-            heard += sup.poll(0.2)
-        assert not [i.problem for i in heard if i.message is None]
-    finally:
-        pub.close()
-        sup.stop()
-
-
 def test_every_socket_that_reads_peers_caps_its_frames():
     from ipc.remote_drafter import RemoteDrafter
 

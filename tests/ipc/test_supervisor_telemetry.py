@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import msgpack
 import numpy as np
@@ -21,16 +22,16 @@ class FakeDaemonTelemetry:
         self.pub = zmq.Context.instance().socket(zmq.XPUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.connect(sup.telemetry_endpoint)
+        deadline = time.monotonic() + 30
         while not self.pub.poll(100):  # the SUB subscribes once the supervisor uses its socket
+            assert time.monotonic() < deadline, "the supervisor never subscribed"
             sup.poll(0)
         self.pub.recv()
 
     def heard(self, frames: list[bytes]):
         """Publish one message and return what the supervisor made of it."""
         self.pub.send_multipart(frames)
-        got = []
-        while not got:
-            got = self.sup.poll(1.0)
+        got = self.sup.poll(30.0)
         assert len(got) == 1
         return got[0]
 
@@ -95,3 +96,18 @@ def test_a_malformed_event_is_a_problem_the_supervisor_reports(telemetry, frames
     assert incoming.message is None and incoming.problem
     good = codec.encode("status", {"role": "target", "state": "ready", "text": ""})
     assert telemetry.heard(good).message["state"] == "ready"
+
+
+def test_a_200_mb_event_is_refused_by_the_supervisors_socket(telemetry):
+    telemetry.pub.send(bytes(200 * 2**20))
+    good = codec.encode("status", {"role": "target", "state": "ready", "text": ""})
+    heard = []
+    deadline = time.monotonic() + 60
+    while not any(i.message is not None for i in heard):
+        assert time.monotonic() < deadline, "the supervisor never heard the good event"
+        if telemetry.pub.poll(0):
+            telemetry.pub.recv()  # the dropped publisher reconnects and is subscribed again
+        telemetry.pub.send_multipart(good)
+        heard += telemetry.sup.poll(0.2)
+    # read, the frame would have been an unreadable event; refused, it was never read
+    assert not [i.problem for i in heard if i.message is None]
