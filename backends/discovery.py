@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol, runtime_checkable
 
 from backends.amdsmi import AmdSmiBackend
 from backends.base import Backend, BackendUnavailable, Device, Sample
@@ -18,6 +19,21 @@ class Unavailable:
 
     backend: str
     reason: str
+
+
+@runtime_checkable
+class DeviceInventory(Protocol):
+    """What a run's check reads of an inventory (`Inventory` fills it in; tests fake it)."""
+
+    devices: tuple[Device, ...]
+
+    def get(self, device_id: str) -> Device | None:
+        """The device with this id, or None."""
+        ...
+
+    def sample(self, device: Device) -> Sample:
+        """One reading of one device."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,23 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 from backends.base import PHASES, Backend, Sample
 from backends.discovery import Inventory, discover
 
 log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class SampleFeed(Protocol):
+    """What a run needs of a device sampler (`DeviceSampler` fills it in; tests fake it)."""
+
+    phase: str  # stamped on each sample from now on: idle, load, prefill or decode
+
+    def subscribe(self, callback: Callable[[Sample], None]) -> Callable[[], None]:
+        """Call `callback(sample)` for each new sample; returns an undo."""
+        ...
 
 
 class DeviceSampler:

@@ -10,8 +10,9 @@ from backends.base import Device
 NO_GPU_ENV = {"CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": "", "ROCR_VISIBLE_DEVICES": ""}
 
 
-def _runtime(devices: Sequence[Device]) -> str:
-    """'cuda', 'hip' or 'cpu' (simulated devices run on the CPU); mixed raises ValueError."""
+def process_backend(devices: Sequence[Device]) -> str:
+    """The backend of a process placed on these devices, whose `[backends.X] python` runs it:
+    'cuda', 'hip' or 'cpu' (simulated devices run on the CPU); mixed raises ValueError."""
     if not devices:
         raise ValueError("no devices to make visible")
     kinds = {"cpu" if d.simulated else d.backend for d in devices}
@@ -33,7 +34,7 @@ def _visible_ids(devices: Sequence[Device]) -> list[str]:
 
 def visibility_env(devices: Sequence[Device]) -> dict[str, str]:
     """Environment variables that make exactly these devices (of one backend) visible."""
-    runtime = _runtime(devices)
+    runtime = process_backend(devices)
     if runtime == "cpu":
         return dict(NO_GPU_ENV)
     ids = _visible_ids(devices)
@@ -51,6 +52,6 @@ def visibility_env(devices: Sequence[Device]) -> dict[str, str]:
 
 def torch_devices(devices: Sequence[Device]) -> list[str]:
     """The torch device names these devices have inside a child run with `visibility_env`."""
-    if _runtime(devices) == "cpu":
+    if process_backend(devices) == "cpu":
         return ["cpu"]
     return [f"cuda:{i}" for i in range(len(devices))]

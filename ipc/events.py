@@ -1,8 +1,11 @@
-"""What a run tells its watcher while it goes on (no torch here; the dashboard imports it)."""
+"""What a run tells its watcher while it goes on, and what the watcher may ask of the run
+(no torch here; the dashboard imports it)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from engine.metrics import StepRecord
 
@@ -96,3 +99,32 @@ RunEvent = (
     | DaemonEvent
     | PromptEvent
 )
+
+
+@runtime_checkable
+class RunControl(Protocol):
+    """A run going on in the background, as its watcher holds it (`ipc.runner.RunHandle`)."""
+
+    run_id: str
+    record_dir: Path  # the run record's folder
+    error: ErrorEvent | None  # after a failure
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """role -> pid of each daemon started so far."""
+        ...
+
+    @property
+    def finished(self) -> bool: ...
+
+    def stop(self) -> None:
+        """Ask the run to stop; daemons are shut down and the record is kept."""
+        ...
+
+    def wait(self, timeout: float | None = None) -> dict | None:
+        """The run's document, or None if it failed, stopped without one, or is still going."""
+        ...
+
+    def wait_to_end(self) -> dict | None:
+        """`wait()` for the run's end; an interrupt stops the run first."""
+        ...

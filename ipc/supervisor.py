@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 
 from ipc import codec
 from ipc.daemon_runtime import DaemonSpec
+from ipc.launch import DaemonLaunch, LaunchSite
 from ipc.owners import OWNER_FILE, RUN_DIR_PREFIX, process_identity, run_dir_base
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HEARTBEAT_S = 0.5
 LIVENESS_S = 3.0  # a ready daemon silent this long is gone
 # before it is ready a daemon loads torch, CUDA and weights; some of that holds the GIL for
@@ -91,8 +88,7 @@ class Supervisor:
     ) -> None:
         self.run_dir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=run_dir_base()))  # 0700
         (self.run_dir / OWNER_FILE).write_text(json.dumps(process_identity()), encoding="utf-8")
-        self.log_dir = log_dir or self.run_dir
-        self.heartbeat_s = heartbeat_s
+        self.site = LaunchSite(self.run_dir, Path(log_dir or self.run_dir), heartbeat_s)
         self.liveness_s = liveness_s
         self._drained = True  # whether the last poll read everything that had arrived
         self.ctx = zmq.Context()
@@ -101,66 +97,41 @@ class Supervisor:
         self.telemetry.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
         self.telemetry.setsockopt(zmq.RCVHWM, 0)
         self.telemetry.setsockopt(zmq.SUBSCRIBE, b"")
-        self.telemetry_endpoint = self.endpoint("telemetry")
+        self.telemetry_endpoint = self.site.telemetry_endpoint
         self.telemetry.bind(self.telemetry_endpoint)
         self.daemons: dict[str, Daemon] = {}
         self._ids = 0
         self._closed = False
 
     def endpoint(self, name: str) -> str:
-        return f"ipc://{self.run_dir}/{name}"
+        """An `ipc://` endpoint in the run dir."""
+        return self.site.endpoint(name)
 
-    def start(
-        self,
-        spec: DaemonSpec,
-        *,
-        python: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> Daemon:
-        """Start one daemon (`python -m app.cli daemon --role R --spec FILE`) and connect to it."""
-        spec = replace(
-            spec,
-            control_endpoint=spec.control_endpoint or self.endpoint(f"{spec.role}-control"),
-            telemetry_endpoint=self.telemetry_endpoint,
-            parent_pid=os.getpid(),
-            pdeathsig=threading.current_thread() is threading.main_thread(),
-            heartbeat_s=self.heartbeat_s,
-        )
-        spec_path = self.run_dir / f"{spec.role}.json"
-        spec.save(spec_path)
-        child_env = dict(os.environ)
-        child_env.update(env or {})
-        paths = [str(PROJECT_ROOT), child_env.get("PYTHONPATH", "")]
-        child_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-        child_env["PYTHONUNBUFFERED"] = "1"
-        log_path = Path(self.log_dir) / f"{spec.role}.log"
-        argv = [
-            python or sys.executable,
-            "-m",
-            "app.cli",
-            "daemon",
-            "--role",
-            spec.role,
-            "--spec",
-            str(spec_path),
-        ]
-        with open(log_path, "ab") as log:
+    def start(self, launch: DaemonLaunch) -> Daemon:
+        """Start one daemon as its launch says (`ipc.launch.daemon_launch`) and connect to it."""
+        if launch.spec.telemetry_endpoint != self.telemetry_endpoint:
+            raise ValueError(f"the {launch.role} daemon's launch was built for another supervisor")
+        if launch.spec.pdeathsig and threading.current_thread() is not threading.main_thread():
+            # the kernel signals the child when the thread that started it ends
+            raise ValueError(f"the {launch.role} daemon's launch was built on another thread")
+        launch.spec.save(launch.spec_path)
+        with open(launch.log_path, "ab") as log:
             # a session of its own: Ctrl-C in the terminal reaches specdeck, which stops it
             popen = subprocess.Popen(
-                argv,
-                env=child_env,
+                list(launch.argv),
+                env=dict(launch.env),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                cwd=str(self.run_dir),
+                cwd=str(launch.cwd),
                 start_new_session=True,
             )
         control = self.ctx.socket(zmq.DEALER)
         control.setsockopt(zmq.LINGER, 0)
         control.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
-        control.connect(spec.control_endpoint)
-        daemon = Daemon(spec, popen, control, log_path)
-        self.daemons[spec.role] = daemon
+        control.connect(launch.spec.control_endpoint)
+        daemon = Daemon(launch.spec, popen, control, launch.log_path)
+        self.daemons[launch.role] = daemon
         return daemon
 
     def request(self, role: str, type_: str, fields: dict | None = None) -> int:

@@ -110,3 +110,15 @@ def test_without_drops_gone_devices_and_asks_their_backend_what_an_error_means()
     assert not inventory.has_gone(inventory.get("cuda:1"), other)
     assert [d.id for d in inventory.without(["cuda:1"]).devices] == ["cuda:0"]
     assert inventory.without([]) is inventory
+
+
+def test_an_inventory_is_the_device_inventory_a_run_is_checked_against():
+    from backends.discovery import DeviceInventory
+
+    inventory = discover(None, [CpuBackend()])
+    try:
+        assert isinstance(inventory, DeviceInventory)
+        cpu = inventory.get("cpu")
+        assert cpu is not None and inventory.sample(cpu).device_id == "cpu"
+    finally:
+        inventory.close()

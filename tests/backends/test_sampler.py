@@ -210,3 +210,17 @@ def test_backends_discovered_on_the_thread_come_ahead_and_are_announced():
         sampler.stop()
     sampler.discover_pending()  # once only: nothing more to find
     assert [d.id for d in sampler.inventory.devices] == ["cuda:0", "cuda:1", "cpu"]
+
+
+def test_a_device_sampler_is_the_sample_feed_a_run_records_from():
+    from backends.sampler import SampleFeed
+
+    sampler = DeviceSampler(inventory_of(CountingBackend()))
+    assert isinstance(sampler, SampleFeed)
+    got = []
+    undo = sampler.subscribe(got.append)
+    sampler.phase = "decode"
+    sampler.poll()
+    undo()
+    sampler.poll()
+    assert [s.phase for s in got] == ["decode", "decode"]  # one reading per device, then none

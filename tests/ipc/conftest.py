@@ -8,30 +8,20 @@ from collections.abc import Callable
 import pytest
 import zmq
 
+from backends.base import Device
 from ipc import codec
-from ipc.daemon_runtime import DaemonSpec
+from ipc.launch import PlacedRole, daemon_launch
 from ipc.supervisor import Incoming, Supervisor
 
+CPU = Device("cpu", "cpu", "host CPU")
 
-def demo_spec(role: str, **extra) -> DaemonSpec:
-    """A daemon spec for one role of the bundled demo pair on the CPU."""
+
+def demo_role(role: str) -> PlacedRole:
+    """One role of the bundled demo pair, placed on the CPU."""
     from engine.catalog import demo_pair
 
     target, draft = demo_pair()
-    return DaemonSpec(
-        role=role,
-        run_id="test",
-        model=str(target.path if role == "target" else draft.path),
-        device_ids=("cpu",),
-        torch_devices=("cpu",),
-        backend="cpu",
-        simulated=False,
-        control_endpoint="",
-        telemetry_endpoint="",
-        parent_pid=0,
-        pdeathsig=False,
-        **extra,
-    )
+    return PlacedRole(role, str(target.path if role == "target" else draft.path), (CPU,))
 
 
 class Peer:
@@ -90,9 +80,12 @@ class LiveDaemon:
         return got
 
 
-def _start(role: str, **extra) -> tuple[Supervisor, LiveDaemon]:
+def _start(role: str, local_draft: PlacedRole | None = None) -> tuple[Supervisor, LiveDaemon]:
     sup = Supervisor()
-    sup.start(demo_spec(role, **extra), env={"CUDA_VISIBLE_DEVICES": ""})
+    launch = daemon_launch(
+        demo_role(role), sup.site, run_id="test", backend_python={}, local_draft=local_draft
+    )
+    sup.start(launch)
     live = LiveDaemon(sup, role)
     # the supervisor must keep reading: its SUB subscribes only when its socket is used
     is_ready = _event("status", state="ready")
@@ -126,9 +119,6 @@ def demo_draft_daemon():
 @pytest.fixture(scope="session")
 def demo_target_daemon():
     """A target daemon holding the bundled demo target and, in-process, the demo draft."""
-    from engine.catalog import demo_pair
-
-    _, draft = demo_pair()
-    sup, live = _start("target", draft_model=str(draft.path), draft_torch_devices=("cpu",))
+    sup, live = _start("target", local_draft=demo_role("draft"))
     yield live
     sup.stop()

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import zmq
 
+from backends.base import Device
 from ipc import codec
-from ipc.daemon_runtime import DaemonSpec
+from ipc.launch import PlacedRole, daemon_launch
 from ipc.remote_drafter import DraftLinkError, RemoteDrafter
 from ipc.supervisor import Supervisor
 
@@ -19,20 +20,8 @@ PROMPT = "def add(a, b):\n    return"
 def draft_daemon(tiny_pair):
     """(supervisor, endpoint) of a draft daemon serving the tiny draft model on the CPU."""
     sup = Supervisor()
-    spec = DaemonSpec(
-        role="draft",
-        run_id="test",
-        model=str(tiny_pair[1]),
-        device_ids=("cpu",),
-        torch_devices=("cpu",),
-        backend="cpu",
-        simulated=False,
-        control_endpoint="",
-        telemetry_endpoint="",
-        parent_pid=0,
-        pdeathsig=False,
-    )
-    daemon = sup.start(spec, env={"CUDA_VISIBLE_DEVICES": ""})
+    placed = PlacedRole("draft", str(tiny_pair[1]), (Device("cpu", "cpu", "host CPU"),))
+    daemon = sup.start(daemon_launch(placed, sup.site, run_id="test", backend_python={}))
     drafter = RemoteDrafter(daemon.spec.control_endpoint, timeout_s=120)
     drafter.hello()  # ready once the model is loaded
     drafter.close()

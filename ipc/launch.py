@@ -1,0 +1,147 @@
+"""A daemon's launch, built whole in one function: argv, interpreter, environment, endpoints, spec.
+
+A placed role (a role, its model, the Devices it was placed on) becomes a `DaemonLaunch`;
+`ipc.supervisor.Supervisor.start` writes its spec and runs its argv, adding nothing. No torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from backends.base import Device
+from backends.visibility import process_backend, torch_devices, visibility_env
+from ipc.daemon_runtime import DaemonSpec
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # on every daemon's PYTHONPATH
+
+
+@dataclass(frozen=True)
+class LaunchSite:
+    """Where a supervisor starts its daemons: its private run dir, their logs, its heartbeat."""
+
+    run_dir: Path  # mode 0700; the daemons' sockets, specs and working directory
+    log_dir: Path
+    heartbeat_s: float
+
+    def endpoint(self, name: str) -> str:
+        """An `ipc://` endpoint in the run dir."""
+        return f"ipc://{self.run_dir}/{name}"
+
+    @property
+    def telemetry_endpoint(self) -> str:
+        """The supervisor's SUB socket, which every daemon's telemetry connects to."""
+        return self.endpoint("telemetry")
+
+
+@dataclass(frozen=True)
+class PlacedRole:
+    """One role of a checked run on its devices: what a daemon launch is built from."""
+
+    role: str  # "target" or "draft"
+    model: str  # the model folder
+    devices: tuple[Device, ...]  # all of one backend; the draft has one
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class DaemonLaunch:
+    """Everything one daemon process needs, complete: `Supervisor.start` runs it as it is.
+
+    The endpoints are the spec's: `control_endpoint` (the daemon's ROUTER),
+    `telemetry_endpoint` (the supervisor's SUB), `draft_endpoint` (a split target's draft).
+    """
+
+    spec: DaemonSpec  # written as JSON to spec_path, read by the daemon
+    argv: tuple[str, ...]  # argv[0] is the interpreter
+    env: Mapping[str, str] = field(repr=False)  # the child's whole environment
+    spec_path: Path
+    log_path: Path  # the daemon's stdout and stderr
+    cwd: Path
+
+    @property
+    def role(self) -> str:
+        return self.spec.role
+
+    @property
+    def python(self) -> str:
+        """The interpreter: the backend's `[backends.X] python`, else specdeck's own."""
+        return self.argv[0]
+
+
+def daemon_launch(
+    placed: PlacedRole,
+    site: LaunchSite,
+    *,
+    run_id: str,
+    backend_python: Mapping[str, str],
+    config_path: str = "",
+    local_draft: PlacedRole | None = None,
+    draft_endpoint: str = "",
+) -> DaemonLaunch:
+    """The launch of one placed role under a supervisor's site.
+
+    A target gets `local_draft` (in-process: the draft loads beside it, on one of its
+    devices) or `draft_endpoint` (split: the draft daemon's control socket), not both.
+    Build it on the thread that starts it: the kernel's parent-death signal follows that thread.
+    """
+    if local_draft is not None and draft_endpoint:
+        raise ValueError("a target loads its draft beside it or reaches a draft daemon, not both")
+    devices = placed.devices
+    backend = process_backend(devices)  # mixed backends raise ValueError
+    names = torch_devices(devices)
+    beside: dict = {}
+    if local_draft is not None:
+        if len(local_draft.devices) != 1 or local_draft.devices[0] not in devices:
+            raise ValueError("an in-process draft goes on one of the target's devices")
+        beside = {
+            "draft_model": _absolute(local_draft.model),
+            "draft_torch_devices": (names[devices.index(local_draft.devices[0])],),
+            "draft_trust_remote_code": local_draft.trust_remote_code,
+        }
+    spec = DaemonSpec(
+        role=placed.role,
+        run_id=run_id,
+        model=_absolute(placed.model),
+        device_ids=tuple(d.id for d in devices),
+        torch_devices=tuple(names),
+        backend=devices[0].backend,
+        simulated=any(d.simulated for d in devices),
+        control_endpoint=site.endpoint(f"{placed.role}-control"),
+        telemetry_endpoint=site.telemetry_endpoint,
+        parent_pid=os.getpid(),
+        pdeathsig=threading.current_thread() is threading.main_thread(),
+        trust_remote_code=placed.trust_remote_code,
+        config_path=config_path,
+        heartbeat_s=site.heartbeat_s,
+        draft_endpoint=draft_endpoint,
+        **beside,
+    )
+    spec_path = site.run_dir / f"{placed.role}.json"
+    python = backend_python.get(backend) or sys.executable
+    paths = [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]
+    env = {
+        **os.environ,
+        **visibility_env(devices),
+        "PYTHONPATH": os.pathsep.join(p for p in paths if p),
+        "PYTHONUNBUFFERED": "1",
+    }
+    return DaemonLaunch(
+        spec=spec,
+        argv=(python, "-m", "app.cli", "daemon", "--role", placed.role, "--spec", str(spec_path)),
+        env=MappingProxyType(env),
+        spec_path=spec_path,
+        log_path=site.log_dir / f"{placed.role}.log",
+        cwd=site.run_dir,
+    )
+
+
+def _absolute(model: str) -> str:
+    """A model folder as an absolute path (daemons run in the run dir); a name stays as is."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
