@@ -1,4 +1,7 @@
-"""Live daemons for the protocol tests: real processes on the CPU with the bundled demo pair."""
+"""Live daemons for the protocol tests: real processes on the CPU with the bundled demo pair.
+
+Each module starts its own and stops them when it ends: no test elsewhere sees them.
+"""
 
 from __future__ import annotations
 
@@ -108,7 +111,7 @@ def _event(type_: str, **where) -> Callable[[Incoming], bool]:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def demo_draft_daemon():
     """A draft daemon serving the bundled demo draft on the CPU."""
     sup, live = _start("draft")
@@ -116,7 +119,7 @@ def demo_draft_daemon():
     sup.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def demo_target_daemon():
     """A target daemon holding the bundled demo target and, in-process, the demo draft."""
     sup, live = _start("target", local_draft=demo_role("draft"))
