@@ -10,7 +10,9 @@ import importlib
 import os
 import sys
 
-from app.run_options import (
+from app.signals import exit_status, raise_on_stop_signals
+from ipc.records import RecordWriteError
+from ipc.run_spec import (
     DEFAULT_K,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_PROMPT,
@@ -18,8 +20,6 @@ from app.run_options import (
     DEFAULT_TEMPERATURE,
     K_LIMIT,
 )
-from app.signals import exit_status, raise_on_stop_signals
-from ipc.records import RecordWriteError
 
 COMMANDS = ("devices", "models", "run", "bench", "runs", "daemon")
 DESCRIPTION = """\

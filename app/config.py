@@ -9,7 +9,6 @@ from pathlib import Path
 import platformdirs
 
 BACKEND_NAMES = ("cuda", "hip", "cpu")
-INTERPRETER_CHECK_S = 60.0  # a cold interpreter on a network disk can take a while to start
 
 
 class ConfigError(ValueError):
@@ -112,48 +111,6 @@ def theme_problem(name: str) -> str | None:
         return None
     known = ", ".join(t.name for t in THEMES)
     return f"unknown theme {name!r} (known: {known}, and Textual's own)"
-
-
-def interpreter_problem(cfg: Config, backend: str) -> str | None:
-    """Why the interpreter `[backends.<backend>] python` names cannot start a daemon, or None
-    (None too when the config names none: the daemons then run on specdeck's own Python).
-
-    Checked before a run starts: that the file exists, may be executed, and can import what a
-    daemon needs before torch (specdeck's own modules, ZeroMQ, msgpack, numpy).
-    """
-    python = cfg.python_for(backend)
-    if python is None:
-        return None
-    where = f"config file {cfg.path}: [backends.{backend}] python = {python!r}"
-    path = Path(python).expanduser()
-    if not path.exists():
-        return f"{where} does not exist"
-    if path.is_dir() or not os.access(path, os.X_OK):
-        return f"{where} is not an executable file"
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    paths = [str(root), os.environ.get("PYTHONPATH", "")]  # as the supervisor starts daemons
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-    try:
-        done = subprocess.run(
-            [str(path), "-c", "import app.cli, ipc.daemon_runtime"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=INTERPRETER_CHECK_S,
-        )
-    except OSError as exc:
-        return f"{where} cannot be started: {exc.strerror or exc}"
-    except subprocess.TimeoutExpired:
-        return f"{where} did not start within {INTERPRETER_CHECK_S:g} s"
-    if done.returncode != 0:
-        said = [ln.strip() for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
-        last = f": {said[-1]}" if said else ""
-        return f"{where} cannot run a specdeck daemon (exit status {done.returncode}{last})"
-    return None
 
 
 def save_theme(cfg: Config, theme: str) -> None:

@@ -19,7 +19,8 @@ from backends.discovery import discover
 from backends.placement import Placement, parse_device_ids
 from engine.catalog import demo_pair, resolve_model
 from ipc import events as ev
-from ipc.runner import RunRequest, start_run
+from ipc.run_spec import RunSpec, check_run
+from ipc.runner import start_run
 
 
 def main() -> int:
@@ -50,19 +51,17 @@ def main() -> int:
             print(f"error from {event.role}: {event.text}", file=sys.stderr)
             decoding.set()
 
-    request = RunRequest(
+    spec = RunSpec(
         target_model=str(target_info.path),
         draft_model=str(draft_info.path),
-        placement=placement,
+        target=placement.target,
+        draft=placement.draft,
         mode=args.mode or placement.mode,
         k=4,
-        temperature=0.0,
-        seed=0,
-        prompt="def fibonacci(n):\n",
-        max_new_tokens=4000,
-        baseline=False,
+        prompts=("def fibonacci(n):\n",),
+        max_new_tokens=1900,  # within the demo pair's 2048-token context
     )
-    handle = start_run(request, inventory=inventory, backend_python={}, on_event=on_event)
+    handle = start_run(check_run(spec, inventory), inventory=inventory, on_event=on_event)
     decoding.wait(300)
     seen: dict[str, list[str]] = {}
     for device in inventory.devices:

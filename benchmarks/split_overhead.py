@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.discovery import discover  # noqa: E402
-from backends.placement import Placement  # noqa: E402
-from ipc.runner import RunRequest, start_run  # noqa: E402
+from ipc.run_spec import RunSpec, check_run  # noqa: E402
+from ipc.runner import start_run  # noqa: E402
 
 PROMPTS = [
     "def fibonacci(n):\n",
@@ -45,19 +45,18 @@ def machine() -> str:
 
 
 def one_run(args: argparse.Namespace, mode: str, prompt: str, data_dir: str) -> dict:
-    req = RunRequest(
+    spec = RunSpec(
         target_model=args.target_model,
         draft_model=args.draft_model,
-        placement=Placement((args.device,), args.device),
+        target=(args.device,),
+        draft=args.device,
         mode=mode,
         k=args.k,
-        temperature=0.0,
-        seed=0,
-        prompt=prompt,
+        prompts=(prompt,),
         max_new_tokens=args.tokens,
-        baseline=False,
     )
-    handle = start_run(req, inventory=discover(args.simulate), backend_python={}, data_dir=data_dir)
+    inventory = discover(args.simulate)
+    handle = start_run(check_run(spec, inventory), inventory=inventory, data_dir=data_dir)
     result = handle.wait()
     if result is None:
         raise SystemExit(f"{mode} run failed: {handle.error.text if handle.error else '?'}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -83,3 +85,77 @@ def speedup(spec_tokens_per_s: float | None, baseline_tokens_per_s: float | None
     if not spec_tokens_per_s or not baseline_tokens_per_s:
         return None
     return spec_tokens_per_s / baseline_tokens_per_s
+
+
+def pooled_figures(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Figures over several prompts' generation documents: AL = committed / steps over all
+    prompts, decode tokens/s = decode tokens (new tokens after each first) / decode time."""
+    stats = AcceptanceStats(
+        steps=sum(d["steps"] for d in documents),
+        drafted=sum(d.get("drafted", 0) for d in documents),
+        accepted=sum(d.get("accepted", 0) for d in documents),
+        committed=sum(d.get("committed", 0) for d in documents),
+    )
+    spec = _throughput(documents)
+    bases = [d["baseline"] for d in documents if d.get("baseline")]
+    base = _throughput(bases) if bases and len(bases) == len(documents) else None
+    identical = None
+    if base is not None and all(d.get("temperature", 0.0) == 0.0 for d in documents):
+        identical = all(
+            list(d["output_token_ids"]) == list(d["baseline"]["output_token_ids"])
+            for d in documents
+        )
+    return {
+        "prompt_count": len(documents),
+        "prompt_tokens": sum(d.get("prompt_tokens", 0) for d in documents),
+        **spec,
+        **stats.totals(),
+        "prefill_s": sum(d.get("prefill_s", 0.0) for d in documents),
+        "wall_s": sum(d.get("wall_s", 0.0) for d in documents),
+        "baseline": base,
+        "speedup": speedup(spec["decode_tokens_per_s"], base and base["decode_tokens_per_s"]),
+        "identical_to_baseline": identical,
+    }
+
+
+def _throughput(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """new_tokens, decode_tokens, decode_s and decode_tokens_per_s pooled over documents."""
+    new = sum(_new_tokens(d) for d in documents)
+    decode_tokens = sum(max(_new_tokens(d) - 1, 0) for d in documents)
+    decode_s = sum(_decode_s(d) for d in documents)
+    return {
+        "new_tokens": new,
+        "decode_tokens": decode_tokens,
+        "decode_s": decode_s,
+        "decode_tokens_per_s": decode_tokens / decode_s if decode_tokens and decode_s > 0 else None,
+    }
+
+
+def _new_tokens(doc: Mapping[str, Any]) -> int:
+    return int(doc.get("new_tokens") or len(doc.get("output_token_ids") or ()))
+
+
+def _decode_s(doc: Mapping[str, Any]) -> float:
+    """A document's decode time; from its tokens/s where an older daemon left it out."""
+    if doc.get("decode_s") is not None:
+        return float(doc["decode_s"])
+    tps = doc.get("decode_tokens_per_s")
+    return (_new_tokens(doc) - 1) / tps if tps else 0.0
+
+
+def compare_peer(peer: dict[str, Any], ours: dict[str, Any], temperature: float) -> dict[str, Any]:
+    """The peer's figures beside ours: speedup over our target-only, greedy match, our tok/s."""
+    base = ours.get("baseline") or {}
+    identical = None
+    if temperature == 0 and len(peer["prompts"]) == len(ours["prompts"]):
+        identical = all(
+            list(p["output_token_ids"])
+            == list((o.get("baseline") or {}).get("output_token_ids", []))
+            for p, o in zip(peer["prompts"], ours["prompts"], strict=True)
+        )
+    return {
+        **peer,
+        "speedup": speedup(peer["decode_tokens_per_s"], base.get("decode_tokens_per_s")),
+        "identical_to_baseline": identical,
+        "specdeck_decode_tokens_per_s": ours.get("decode_tokens_per_s"),
+    }

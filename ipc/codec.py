@@ -151,7 +151,8 @@ SCHEMAS: dict[str, Schema] = {
             "temperature": "float",
             "seed": "int",
             "baseline": "bool",
-        }
+        },
+        optional={"decoder": "str"},  # "speculative" (the default) or "hf-assisted"
     ),
     "stop": Schema(),
     "shutdown": Schema(),

@@ -12,61 +12,26 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
-from backends.placement import Placement, PlacementError
 from engine.metrics import AcceptanceStats, StepRecord, decode_tokens_per_s
 from ipc import events as ev
-from ipc.daemon_runtime import DaemonSpec
+from ipc.launch import DaemonLaunch, PlacedRole, daemon_launch
 from ipc.records import RecordError, RunRecorder
+from ipc.run_spec import CheckedRun
 from ipc.supervisor import HEARTBEAT_S, LIVENESS_S, Daemon, Incoming, Supervisor, exit_text
+
+if TYPE_CHECKING:
+    from backends.discovery import Inventory
+    from backends.sampler import DeviceSampler, SampleFeed
 
 READY_TIMEOUT_S = 900.0  # loading a large model from a cold disk takes minutes
 POLL_S = 0.1
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """What to run and where (model values are resolved folder paths)."""
-
-    target_model: str
-    draft_model: str
-    placement: Placement
-    mode: str
-    k: int | str
-    temperature: float
-    seed: int
-    prompt: str
-    max_new_tokens: int
-    baseline: bool
-    trust_remote_code: bool = False
-    trust_draft_remote_code: bool | None = None  # None: as trust_remote_code
-    prompts: tuple[str, ...] = ()  # a session: these prompts in turn (then `prompt` is unused)
-    warmup_tokens: int = 0  # a first, unrecorded generation of this many tokens
-    target_name: str = ""  # what records call the models: the catalog name, else the path
-    draft_name: str = ""  # as given (app.commands.run, the dashboard); "" means the folder
-
-    @property
-    def session(self) -> bool:
-        """Whether this is a multi-prompt session (its document pools the prompts)."""
-        return bool(self.prompts)
-
-    @property
-    def prompt_list(self) -> tuple[str, ...]:
-        """The prompts decoded in turn."""
-        return self.prompts or (self.prompt,)
-
-    @property
-    def draft_trust(self) -> bool:
-        """Whether the draft model's own code may run."""
-        if self.trust_draft_remote_code is None:
-            return self.trust_remote_code
-        return self.trust_draft_remote_code
+START_ERROR_EXIT_S = 10.0  # a daemon that said why it cannot start exits at once, even when loaded
 
 
 def default_data_dir() -> Path:
@@ -125,14 +90,12 @@ class RunHandle:
 
 
 def start_run(
-    request: RunRequest,
+    request: CheckedRun,
     *,
-    inventory: Any,
-    backend_python: Mapping[str, str],
-    sampler: Any = None,
+    inventory: Inventory,
+    sampler: SampleFeed | None = None,
     on_event: Callable[[ev.RunEvent], None] | None = None,
     data_dir: str | os.PathLike | None = None,
-    config_path: str | os.PathLike | None = None,
     liveness_s: float = LIVENESS_S,
 ) -> RunHandle:
     """Launch the daemons of one run and return at once; the run goes on in a thread.
@@ -140,13 +103,6 @@ def start_run(
     A ready daemon that says nothing for `liveness_s` ends the run as failed.
     """
     placement = request.placement
-    if request.mode not in ("inprocess", "split"):
-        raise PlacementError(f"unknown mode {request.mode!r} (inprocess or split)")
-    for device_id in (*placement.target, placement.draft):
-        if inventory.get(device_id) is None:
-            raise PlacementError(f"no device {device_id!r} on this machine")
-    if request.mode == "inprocess" and placement.draft not in placement.target:
-        raise PlacementError("in-process mode needs the draft on one of the target's devices")
     recorder = RunRecorder(  # it picks the run id: the one whose folder it could claim
         data_dir or default_data_dir(),
         target_model=request.target_name or request.target_model,
@@ -174,10 +130,10 @@ def start_run(
         handle,
         recorder,
         inventory,
-        dict(backend_python),
+        dict(request.backend_python),
         sampler,
         on_event or (lambda event: None),
-        str(config_path or ""),
+        request.config_path,
         liveness_s,
     )
     handle._thread = threading.Thread(target=run.main, name=f"run-{run_id}", daemon=True)
@@ -190,12 +146,12 @@ class _Run:
 
     def __init__(
         self,
-        request: RunRequest,
+        request: CheckedRun,
         handle: RunHandle,
         recorder: RunRecorder,
-        inventory: Any,
+        inventory: Inventory,
         backend_python: dict[str, str],
-        sampler: Any,
+        sampler: SampleFeed | None,
         on_event: Callable[[ev.RunEvent], None],
         config_path: str,
         liveness_s: float,
@@ -250,76 +206,49 @@ class _Run:
     # -- launching -----------------------------------------------------------------------
 
     def _launch(self, supervisor: Supervisor) -> None:
+        """Start the draft daemon (split) and the target daemon, each from its whole launch."""
         req, placement = self.request, self.request.placement
-        target_devices = [self.inventory.get(i) for i in placement.target]
-        draft_device = self.inventory.get(placement.draft)
+        target = PlacedRole(
+            "target",
+            req.target_model,
+            tuple(req.devices_of(placement.target)),
+            req.trust_remote_code,
+        )
+        draft = PlacedRole(
+            "draft", req.draft_model, tuple(req.devices_of([placement.draft])), req.draft_trust
+        )
         if req.mode == "split":
-            draft_spec = self._spec(
-                "draft", req.draft_model, [draft_device], supervisor, trust=req.draft_trust
-            )
-            self._start(supervisor, draft_spec, [draft_device])
-            target_spec = self._spec(
-                "target",
-                req.target_model,
-                target_devices,
-                supervisor,
-                draft_endpoint=supervisor.endpoint("draft-control"),
-            )
+            draft_launch = self._launch_of(supervisor, draft)
+            self._start(supervisor, draft_launch)
+            endpoint = draft_launch.spec.control_endpoint
+            self._start(supervisor, self._launch_of(supervisor, target, draft_endpoint=endpoint))
         else:
-            from backends.visibility import torch_devices
+            self._start(supervisor, self._launch_of(supervisor, target, local_draft=draft))
 
-            torch_names = torch_devices(target_devices)
-            draft_torch = torch_names[placement.target.index(placement.draft)]
-            target_spec = self._spec(
-                "target",
-                req.target_model,
-                target_devices,
-                supervisor,
-                draft_model=_absolute(req.draft_model),
-                draft_torch_devices=(draft_torch,),
-                draft_trust_remote_code=req.draft_trust,
-            )
-        self._start(supervisor, target_spec, target_devices)
-
-    def _spec(
+    def _launch_of(
         self,
-        role: str,
-        model: str,
-        devices: list,
         supervisor: Supervisor,
-        trust: bool | None = None,
-        **extra: Any,
-    ) -> DaemonSpec:
-        from backends.visibility import torch_devices
-
-        return DaemonSpec(
-            role=role,
+        placed: PlacedRole,
+        local_draft: PlacedRole | None = None,
+        draft_endpoint: str = "",
+    ) -> DaemonLaunch:
+        """The whole launch of one role of this run under this run's supervisor."""
+        return daemon_launch(
+            placed,
+            supervisor.site,
             run_id=self.handle.run_id,
-            model=_absolute(model),
-            device_ids=tuple(d.id for d in devices),
-            torch_devices=tuple(torch_devices(devices)),
-            backend=devices[0].backend,
-            simulated=any(d.simulated for d in devices),
-            control_endpoint=supervisor.endpoint(f"{role}-control"),
-            telemetry_endpoint="",
-            parent_pid=0,
-            pdeathsig=False,
-            trust_remote_code=self.request.trust_remote_code if trust is None else trust,
+            backend_python=self.backend_python,
             config_path=self.config_path,
-            **extra,
+            local_draft=local_draft,
+            draft_endpoint=draft_endpoint,
         )
 
-    def _start(self, supervisor: Supervisor, spec: DaemonSpec, devices: list) -> None:
-        from backends.visibility import visibility_env
-
-        backend = "cpu" if spec.simulated else spec.backend
-        daemon = supervisor.start(
-            spec, python=self.backend_python.get(backend), env=visibility_env(devices)
-        )
-        self.handle._pids[spec.role] = daemon.pid
-        supervisor.request(spec.role, "hello", {"client": "supervisor"})
-        self.emit(ev.DaemonEvent(spec.role, daemon.pid, spec.device_ids))
-        self.emit(ev.StatusEvent(spec.role, "starting", f"pid {daemon.pid}"))
+    def _start(self, supervisor: Supervisor, launch: DaemonLaunch) -> None:
+        daemon = supervisor.start(launch)
+        self.handle._pids[launch.role] = daemon.pid
+        supervisor.request(launch.role, "hello", {"client": "supervisor"})
+        self.emit(ev.DaemonEvent(launch.role, daemon.pid, launch.spec.device_ids))
+        self.emit(ev.StatusEvent(launch.role, "starting", f"pid {daemon.pid}"))
 
     # -- the run -------------------------------------------------------------------------
 
@@ -389,7 +318,7 @@ class _Run:
             # a daemon that cannot start says why, then exits; its exit status comes next
             daemon = supervisor.daemons.get(role)
             starting = msg["code"] == "start" and daemon is not None
-            status = _wait_exit(daemon, 2.0) if starting else None
+            status = _wait_exit(daemon, START_ERROR_EXIT_S) if starting else None
             if daemon is not None and status is not None:
                 daemon.expected_exit = True
             self.failure = ev.ErrorEvent(role, f"{role} daemon: {msg['text']}", status)
@@ -418,6 +347,7 @@ class _Run:
                 "temperature": float(req.temperature),
                 "seed": req.seed,
                 "baseline": req.baseline,
+                **({"decoder": req.decoder} if req.decoder != "speculative" else {}),
             },
         )
 
@@ -495,6 +425,7 @@ class _Run:
             "target_model": req.target_name or req.target_model,
             "draft_model": req.draft_name or req.draft_model,
             "placement": {"target": list(req.placement.target), "draft": req.placement.draft},
+            "simulated_devices": req.simulated_devices,
             "mode": req.mode,
         }
 
@@ -503,7 +434,7 @@ class _Run:
 
     def _session_document(self, stopped: bool) -> dict:
         """The session's document: pooled figures over its prompts, then each prompt's."""
-        from ipc.bench import pooled_figures
+        from engine.metrics import pooled_figures
 
         req = self.request
         return {
@@ -520,7 +451,7 @@ class _Run:
 
     # -- telemetry and the record --------------------------------------------------------
 
-    def _start_sampling(self) -> tuple[Any, Callable[[], None] | None]:
+    def _start_sampling(self) -> tuple[DeviceSampler | None, Callable[[], None] | None]:
         """Subscribe the record to device samples; start a sampler if none was given."""
         own = None
         sampler = self.sampler
@@ -583,12 +514,6 @@ class _Run:
             self.recorder.finish(self.result)
         else:
             self.recorder.stopped(self.result)
-
-
-def _absolute(model: str) -> str:
-    """A model folder as an absolute path (daemons run in the run dir); a name stays as is."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
 
 
 def _wait_exit(daemon: Daemon, timeout_s: float) -> int | None:

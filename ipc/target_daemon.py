@@ -25,6 +25,8 @@ from ipc.daemon_runtime import (
 from ipc.draft_daemon import context_tokens, load_drafter, model_facts
 from ipc.remote_drafter import DraftLinkError, RemoteDrafter
 
+DECODERS = ("speculative", "hf-assisted")
+
 
 def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
     """Prompt text -> token ids, as every mode does it."""
@@ -167,6 +169,11 @@ class TargetDaemon:
 
     def _start_problem(self, options: dict[str, Any]) -> str | None:
         """Why a `start` cannot run, found before it is answered `ok` (None: it can)."""
+        decoder = options.get("decoder", "speculative")
+        if decoder not in DECODERS:
+            return f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}"
+        if decoder == "hf-assisted" and getattr(self.drafter, "loaded", None) is None:
+            return "the hf-assisted peer needs the draft in this daemon (in-process mode)"
         k, max_new = options["k"], options["max_new_tokens"]
         if k != "auto" and not (isinstance(k, int) and 1 <= k <= codec.MAX_DRAFT_TOKENS):
             return f"k must be 1..{codec.MAX_DRAFT_TOKENS} or 'auto', not {k!r}"
@@ -200,6 +207,9 @@ class TargetDaemon:
     def _run(self, options: dict[str, Any]) -> None:
         from engine.speculative import SpeculativeDecoder, target_only
 
+        if options.get("decoder") == "hf-assisted":
+            self._run_peer(options)
+            return
         self._running, self._stop = True, False
         tokenizer = self.target.tokenizer
         tel = self.telemetry
@@ -278,6 +288,42 @@ class TargetDaemon:
             )
             print(f"specdeck target daemon: {text}", file=sys.stderr)
             tel.error("run", text)
+        finally:
+            self._running = False
+
+    def _run_peer(self, options: dict[str, Any]) -> None:
+        """One prompt through transformers' assisted generation on the same two models."""
+        from engine.hf_peer import assisted_generation
+
+        self._running = True
+        try:
+            prompt_ids = encode_prompt(self.target.tokenizer, options["prompt"])
+            self.telemetry.status("decode", "hf-assisted: transformers' assisted generation")
+            result = assisted_generation(
+                self.target,
+                self.drafter.loaded,
+                prompt_ids,
+                options["max_new_tokens"],
+                options["k"],
+                options["temperature"],
+                options["seed"],
+            )
+            doc = generation_document(
+                result,
+                prompt_ids=prompt_ids,
+                k=options["k"],
+                temperature=options["temperature"],
+                seed=options["seed"],
+                text=self.target.tokenizer.decode(result.output_ids, skip_special_tokens=True),
+                baseline=None,
+                transport_s=0.0,
+            )
+            self.telemetry.emit("done", {"result": {**doc, "decoder": "hf-assisted"}})
+            self.telemetry.status("done")
+        except Exception as exc:  # the peer failed; say why and wait to be stopped
+            text = f"hf-assisted: {type(exc).__name__}: {str(exc).strip()[:200]}"
+            print(f"specdeck target daemon: {text}", file=sys.stderr)
+            self.telemetry.error("run", text.splitlines()[0])
         finally:
             self._running = False
 

@@ -2,76 +2,88 @@
 speculative decoding (and transformers' assisted generation with `--peers hf`); a table,
 and bench.json, bench.md and bench.png in the output folder.
 
-Importing this module loads neither torch nor transformers.
+Every placement, and the transformers peer, runs through the daemons: this process never
+imports torch or transformers.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import os
 import socket
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.commands import run as run_command
+from app import run_args
+from backends.placement import PlacementError
+from engine.errors import EngineInputError
 
 if TYPE_CHECKING:
-    from ipc.bench import BenchPrompt, PlacementSpec, Settings
+    from app.bench.placements import PlacementSpec
+    from app.bench.suites import BenchPrompt
+    from ipc.run_spec import CheckedRun
 
 
 def main(args: argparse.Namespace) -> int:
-    # before torch is imported anywhere, so that torch's cuda:N is NVML's index N
-    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    from app.bench import report
+    from app.bench.placements import PlacementSpec, read_placements
     from app.config import data_dir
-    from ipc import bench
+    from backends.discovery import discover
     from ipc.records import new_run_id
 
-    specs = bench.read_placements(args.placements) if args.placements else [bench.PlacementSpec("")]
-    requests = [run_command.build_request(_args_for(args, spec)) for spec in specs]
+    specs = read_placements(args.placements) if args.placements else [PlacementSpec("")]
     suite, prompts = _prompts(args)
-    check_contexts(requests, prompts, args.max_new_tokens)
-    settings = bench.Settings(
-        k=requests[0].k,
-        temperature=args.temperature,
-        seed=args.seed,
-        max_new_tokens=args.max_new_tokens,
-    )
-    bench_id = new_run_id()
-    out_dir = Path(args.out).expanduser() if args.out else data_dir() / "bench" / bench_id
-    peers = sorted(set(args.peers))
-    placements: list[dict[str, Any]] = []
-    document = {
-        "bench_id": bench_id,
-        "host": socket.gethostname(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "suite": suite,
-        "prompts": [{"id": p.id, "chars": len(p.text)} for p in prompts],
-        "settings": {
-            "k": settings.k,
-            "temperature": settings.temperature,
-            "seed": settings.seed,
-            "max_new_tokens": settings.max_new_tokens,
-            "warmup_tokens": settings.warmup_tokens,
-        },
-        "peers": peers,
-        "out_dir": str(out_dir),
-        "placements": placements,
-        "rows": [],
-    }
-    total = len(requests) * len(prompts) * (1 + len(peers))
-    with BenchProgress(total, enabled=sys.stderr.isatty()) as progress:
-        for spec, request in zip(specs, requests, strict=True):
-            placements.append(
-                run_placement(spec, request, prompts, settings, peers, progress, args, bench_id)
+    texts = tuple(p.text for p in prompts)
+    inventory = discover(args.simulate)
+    try:
+        runs = [
+            run_args.check_spec(
+                replace(
+                    run_args.spec_from_args(_args_for(args, spec), texts),
+                    baseline=True,  # a bench always decodes target-only for the speedup
+                    pooled=True,
+                ),
+                args,
+                inventory,
             )
-            document["rows"] = bench.table_rows(placements)
-            # written after every placement, so a bench cut short keeps what it measured
-            bench.write_outputs(document, out_dir, chart=False)
-    notes = bench.write_outputs(document, out_dir)
+            for spec in specs
+        ]
+        first = runs[0]
+        bench_id = new_run_id()
+        out_dir = Path(args.out).expanduser() if args.out else data_dir() / "bench" / bench_id
+        peers = sorted(set(args.peers))
+        placements: list[dict[str, Any]] = []
+        document = {
+            "bench_id": bench_id,
+            "host": socket.gethostname(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "suite": suite,
+            "prompts": [{"id": p.id, "chars": len(p.text)} for p in prompts],
+            "settings": {
+                "k": first.k,
+                "temperature": first.temperature,
+                "seed": first.seed,
+                "max_new_tokens": first.max_new_tokens,
+                "warmup_tokens": first.warmup_tokens,
+            },
+            "peers": peers,
+            "out_dir": str(out_dir),
+            "placements": placements,
+            "rows": [],
+        }
+        total = len(runs) * len(prompts) * (1 + len(peers))
+        with BenchProgress(total, enabled=sys.stderr.isatty()) as progress:
+            for spec, run in zip(specs, runs, strict=True):
+                placements.append(run_placement(spec, run, peers, progress, args, inventory))
+                document["rows"] = report.table_rows(placements)
+                # written after every placement, so a bench cut short keeps what it measured
+                report.write_outputs(document, out_dir, chart=False)
+    finally:
+        inventory.close()
+    notes = report.write_outputs(document, out_dir)
     for note in notes:
         print(f"specdeck: {note}", file=sys.stderr)
     where = f"results in {out_dir} (bench.json, bench.md{'' if notes else ', bench.png'})"
@@ -90,246 +102,108 @@ def _args_for(args: argparse.Namespace, spec: PlacementSpec) -> argparse.Namespa
     for key in ("target", "draft", "mode", "target_model", "draft_model"):
         if getattr(spec, key) is not None:
             values[key] = getattr(spec, key)
-    values["baseline"] = True  # a bench always decodes target-only for the speedup
     return argparse.Namespace(**values)
-
-
-def check_contexts(
-    requests: list[run_command.RunRequest], prompts: list[BenchPrompt], max_new_tokens: int
-) -> None:
-    """Refuse, before anything loads, a prompt that leaves no room in a model's context."""
-    from app.run_options import run_context_problem
-    from engine.errors import EngineInputError
-
-    for request in requests:
-        for prompt in prompts:
-            problem = run_context_problem(
-                request.target, request.draft, prompt.text, max_new_tokens, request.k
-            )
-            if problem:
-                raise EngineInputError(f"prompt {prompt.id}: {problem}")
 
 
 def _prompts(args: argparse.Namespace) -> tuple[str, list[BenchPrompt]]:
     """(suite name, prompts): --prompt/--prompt-file give one prompt, else the suite's."""
-    from ipc.bench import BenchPrompt, suite_prompts
+    from app.bench.suites import BenchPrompt, suite_prompts
 
     if args.prompt is not None or args.prompt_file is not None:
         return "prompt", [
-            BenchPrompt("prompt", run_command.read_prompt(args.prompt, args.prompt_file))
+            BenchPrompt("prompt", run_args.read_prompt(args.prompt, args.prompt_file))
         ]
     return args.suite, suite_prompts(args.suite, args.n, args.sample, args.seed)
 
 
+class BenchRunFailed(RuntimeError):
+    """One placement's session failed; the message is one line."""
+
+
 def run_placement(
     spec: PlacementSpec,
-    request: run_command.RunRequest,
-    prompts: list[BenchPrompt],
-    settings: Settings,
+    run: CheckedRun,
     peers: list[str],
     progress: BenchProgress,
     args: argparse.Namespace,
-    bench_id: str,
+    inventory: Any,
 ) -> dict[str, Any]:
     """Bench one placement (and its peers); a failure is kept in `error`, not raised."""
-    from ipc.bench import BenchRunFailed
     from ipc.records import placement_text
 
-    placement = {"target": list(request.placement.target), "draft": request.placement.draft}
+    placement = {"target": list(run.placement.target), "draft": run.placement.draft}
     entry: dict[str, Any] = {
         "name": spec.name or placement_text(placement),
         "placement": placement,
-        "simulated_devices": sorted(i for i, d in request.devices.items() if d.simulated),
-        "mode": request.mode,
-        "target_model": request.target.name,
-        "draft_model": request.draft.name,
+        "simulated_devices": run.simulated_devices,
+        "mode": run.mode,
+        "target_model": run.target.name,
+        "draft_model": run.draft.name,
         "run_id": None,
         "result": None,
         "error": None,
         "peers": {},
     }
     name = entry["name"]
-    loaded: tuple[Any, Any] | None = None
     try:
-        if request.mode == "split":
-            progress.phase(f"{name}: starting daemons")
-            entry["result"] = _split(request, prompts, settings, progress, name, args)
-        else:
-            progress.phase(f"{name}: loading models")
-            loaded = _load(request)
-            entry["result"] = _inprocess(
-                request, loaded, prompts, settings, progress, name, bench_id
-            )
+        entry["result"] = session(run, inventory, progress, name)
         entry["run_id"] = entry["result"].get("run_id")
-    except (BenchRunFailed, RuntimeError, OSError, ValueError) as exc:
-        entry["error"] = _one_line(exc)
+    except BenchRunFailed as exc:
+        entry["error"] = str(exc)
         print(f"specdeck: placement {name} failed: {entry['error']}", file=sys.stderr)
-        progress.advance(len(prompts) * (1 + len(peers)))
+        progress.advance(len(run.prompts) * (1 + len(peers)))
         return entry
-    finally:
-        if entry["error"] is not None:
-            loaded = None
-            _release_memory()
     for peer in peers:
-        entry["peers"][peer] = _peer(
-            request, loaded, entry["result"], prompts, settings, progress, name
-        )
-    loaded = None
-    _release_memory()
+        entry["peers"][peer] = _peer(run, entry["result"], progress, name, args, inventory)
     return entry
 
 
-def _load(request: run_command.RunRequest) -> tuple[Any, Any]:
-    """Both models into this process on the placement's devices."""
-    from ipc.bench import load_pair
-
-    vendors = {
-        d.backend for d in request.devices.values() if not d.simulated and d.backend != "cpu"
-    }
-    if len(vendors) > 1:
-        raise ValueError(
-            f"one process cannot drive {' and '.join(sorted(vendors))} devices together"
-        )
-    return load_pair(
-        request.target,
-        request.draft,
-        [run_command.inprocess_torch_device(d) for d in request.target_devices],
-        run_command.inprocess_torch_device(request.draft_device),
-        vendor=next(iter(vendors), "cpu"),
-        trust_target=request.trust_target_code,
-        trust_draft=request.trust_draft_code,
-    )
-
-
-def _inprocess(
-    request: run_command.RunRequest,
-    loaded: tuple[Any, Any],
-    prompts: list[BenchPrompt],
-    settings: Settings,
-    progress: BenchProgress,
-    name: str,
-    bench_id: str,
-) -> dict[str, Any]:
-    """Speculative and target-only decoding in this process, recorded as one run."""
-    from ipc.bench import inprocess_session
-
-    recorder = run_command.open_record(
-        request, {**_options(settings), "bench": bench_id, "prompts": len(prompts)}
-    )
-    progress.phase(f"{name}: warm-up and prompts")
-    try:
-        result = inprocess_session(
-            *loaded, prompts, settings, on_prompt=lambda i, _: progress.advance(), recorder=recorder
-        )
-    except BaseException as exc:
-        recorder.fail(_one_line(exc))
-        raise
-    result["run_id"] = recorder.run_id
-    recorder.finish({k: v for k, v in result.items() if k != "prompts"})
-    return result
-
-
-def _split(
-    request: run_command.RunRequest,
-    prompts: list[BenchPrompt],
-    settings: Settings,
-    progress: BenchProgress,
-    name: str,
-    args: argparse.Namespace,
-) -> dict[str, Any]:
-    """One daemon session (ipc.runner) over every prompt."""
-    from app.config import data_dir, load_config
-    from backends.discovery import discover
+def session(run: CheckedRun, inventory: Any, progress: BenchProgress, name: str) -> dict:
+    """Every prompt of a run through one daemon session; its document (models load once)."""
+    from app.config import data_dir
     from ipc import events
-    from ipc.bench import split_session
-
-    config = load_config(args.config)
-    split = request.for_daemons(
-        k=settings.k,
-        temperature=settings.temperature,
-        seed=settings.seed,
-        prompt=prompts[0].text,
-        max_new_tokens=settings.max_new_tokens,
-        baseline=True,
-        prompts=tuple(p.text for p in prompts),
-        warmup_tokens=settings.warmup_tokens,
-    )
+    from ipc.runner import start_run
 
     def show(event: Any) -> None:
         if isinstance(event, events.StatusEvent) and event.state in ("loading", "ready"):
             progress.phase(f"{name}: {event.role} {event.state}")
         elif isinstance(event, events.PromptEvent):
             progress.phase(f"{name}: prompts")
+            progress.advance()
 
-    inventory = discover(args.simulate)
-    try:
-        return split_session(
-            split,
-            inventory=inventory,
-            backend_python=config.backend_python,
-            data_dir=data_dir(),
-            config_path=config.path,
-            on_prompt=lambda i, _: progress.advance(),
-            on_event=show,
-        )
-    finally:
-        inventory.close()
+    progress.phase(f"{name}: starting daemons")
+    handle = start_run(run, inventory=inventory, on_event=show, data_dir=data_dir())
+    result = handle.wait_to_end()
+    if result is None or handle.error is not None:
+        text = handle.error.text if handle.error else "the run stopped"
+        raise BenchRunFailed(f"{text} (record {handle.record_dir})")
+    return result
 
 
 def _peer(
-    request: run_command.RunRequest,
-    loaded: tuple[Any, Any] | None,
+    run: CheckedRun,
     ours: dict[str, Any],
-    prompts: list[BenchPrompt],
-    settings: Settings,
     progress: BenchProgress,
     name: str,
+    args: argparse.Namespace,
+    inventory: Any,
 ) -> dict[str, Any]:
-    """transformers' assisted generation on the same pair and devices; errors kept in `error`."""
-    from ipc.bench import compare_peer, hf_assisted_session
+    """transformers' assisted generation on the same pair, in a target daemon that holds the
+    draft too (assisted generation is one process); errors kept in `error`."""
+    from engine.metrics import compare_peer
 
-    own = loaded is None
+    peer_spec = replace(
+        run.spec, decoder="hf-assisted", mode="inprocess", draft=None, baseline=False
+    )
     try:
-        if own:  # a split placement's models were in the daemons, now gone
-            progress.phase(f"{name}: hf loading models")
-            loaded = _load(request)
-        progress.phase(f"{name}: hf assisted")
-        peer = hf_assisted_session(
-            *loaded, prompts, settings, on_prompt=lambda i, _: progress.advance()
-        )
-        return {**compare_peer(peer, ours, settings.temperature), "error": None}
-    except (RuntimeError, OSError, ValueError, TypeError, NotImplementedError) as exc:
-        text = _one_line(exc)
+        peer_run = run_args.check_spec(peer_spec, args, inventory)
+        peer = session(peer_run, inventory, progress, f"{name}: hf")
+        return {**compare_peer(peer, ours, run.temperature), "error": None}
+    except (BenchRunFailed, EngineInputError, PlacementError) as exc:
+        text = str(exc).strip().splitlines()[0]
         print(f"specdeck: hf peer on {name} failed: {text}", file=sys.stderr)
-        progress.advance(len(prompts))
+        progress.advance(len(run.prompts))
         return {"error": text, "decode_tokens_per_s": None, "mean_acceptance_length": None}
-    finally:
-        if own:
-            loaded = None
-            _release_memory()
-
-
-def _release_memory() -> None:
-    """Give the memory of models no longer referenced back, so the next placement has it."""
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _options(settings: Settings) -> dict[str, Any]:
-    return {
-        "k": settings.k,
-        "temperature": settings.temperature,
-        "seed": settings.seed,
-        "max_new_tokens": settings.max_new_tokens,
-        "baseline": True,
-    }
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -337,7 +211,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ipc.bench import COLUMNS, cell
+    from app.bench.report import COLUMNS, cell
 
     table = Table(title="specdeck bench")
     for key, title in COLUMNS:

@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Input, Static
 
-from app.run_options import (  # the command line's defaults and limits, the same here
+from ipc.run_spec import (  # the command line's defaults and limits, the same here
     DEFAULT_K,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_PROMPT,

@@ -107,7 +107,7 @@ def test_bad_placements_and_options_are_one_line_and_exit_2(tiny_pair, tmp_path,
 
 def test_importing_the_bench_command_loads_no_torch():
     code = (
-        "import sys, app.commands.bench, ipc.bench; "
+        "import sys, app.commands.bench, app.bench.report, app.bench.suites; "
         "sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
@@ -120,5 +120,5 @@ def test_a_suite_prompt_that_overflows_the_context_is_refused_before_loading(tin
     ])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
-    assert err.startswith("specdeck: prompt HumanEval/0: the run needs ")
+    assert err.startswith("specdeck: prompt 1 of 2: the run needs ")
     assert "has a context of 1024 tokens" in err

@@ -1,4 +1,4 @@
-"""Bench logic without a terminal: placements files, prompt choice, pooled figures, rows."""
+"""Bench parts without a terminal: placements files, prompt choice, pooled figures, rows."""
 
 from __future__ import annotations
 
@@ -6,15 +6,10 @@ import pytest
 
 from backends.placement import PlacementError
 from engine.errors import EngineInputError
-from ipc.bench import (
-    BenchPrompt,
-    markdown,
-    parse_placements,
-    pooled_figures,
-    select_prompts,
-    suite_prompts,
-    table_rows,
-)
+from app.bench.placements import parse_placements
+from app.bench.report import markdown, table_rows
+from app.bench.suites import BenchPrompt, select_prompts, suite_prompts
+from engine.metrics import pooled_figures
 
 GOOD = """
 [[placement]]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from app import run_options
 from app.cli import main
+from ipc import run_spec as run_options
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_KEYS = {
@@ -343,3 +343,25 @@ async def test_the_dashboard_starts_from_the_cli_s_defaults_and_makes_its_contex
         assert "+ 2500 new + k 6)" in refusal and "a context of 1024 tokens" in refusal
         assert "use max new tokens " in refusal and app.screen.handle is None
     assert run_options.DEFAULT_PROMPT == "def fibonacci(n):" and defaults.prompt is None
+
+
+RUNS_WITHOUT_TORCH = """
+import sys
+from app.cli import main
+code = main(sys.argv[1:])
+loaded = sorted(m for m in ("torch", "transformers") if m in sys.modules)
+print("loaded:", ",".join(loaded) or "none", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("mode", ["inprocess", "split"])
+def test_a_whole_run_leaves_torch_to_the_daemons(tiny_pair, mode):
+    argv = [
+        sys.executable, "-c", RUNS_WITHOUT_TORCH, "run", *pair_args(tiny_pair), "--target", "cpu",
+        "--mode", mode, "--max-new-tokens", "4", "--baseline", "--json",
+    ]  # fmt: skip
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["mode"] == mode
+    assert done.stderr.strip().splitlines()[-1] == "loaded: none"

@@ -27,7 +27,6 @@ def test_a_split_run_decoding_far_past_the_liveness_deadline_finishes(tiny_pair,
     handle = start_run(
         request(tiny_pair, max_new_tokens=900, k=1),
         inventory=discover(),
-        backend_python={},
         sampler=Quiet(),
         on_event=seen.append,
         data_dir=tmp_path,
@@ -50,7 +49,6 @@ def test_a_stopped_daemon_is_declared_gone_by_name(tiny_pair, tmp_path, role):
     handle = start_run(
         request(tiny_pair, max_new_tokens=900, k=1),
         inventory=discover(),
-        backend_python={},
         sampler=Quiet(),
         on_event=seen.append,
         data_dir=tmp_path,

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ import pytest
 from backends.base import Device
 from backends.discovery import discover
 from backends.placement import Placement
+from engine.catalog import resolve_model
 from ipc import events as ev
-from ipc.runner import RunRequest, start_run
+from ipc.run_spec import RunSpec, check_run
+from ipc.runner import start_run
 
 PROMPT = "def add(a, b):\n    return"
 
@@ -37,20 +40,25 @@ class Quiet:
         self.phases.append(value)
 
 
-def request(tiny_pair, *, draft=None, max_new_tokens=40, mode="split", k=4):
+def request(tiny_pair, *, draft=None, max_new_tokens=40, mode="split", k=4, **checked):
+    """The tiny pair on the CPU as a checked run; `checked` overrides CheckedRun fields (to
+    reach the daemons with what the check would refuse)."""
     target, default_draft = tiny_pair
-    return RunRequest(
+    spec = RunSpec(
         target_model=str(target),
-        draft_model=str(draft or default_draft),
-        placement=Placement(("cpu",), "cpu"),
+        draft_model=str(default_draft),
+        target=("cpu",),
+        draft="cpu",
         mode=mode,
         k=k,
-        temperature=0.0,
-        seed=0,
-        prompt=PROMPT,
+        prompts=(PROMPT,),
         max_new_tokens=max_new_tokens,
-        baseline=False,
+        warmup_tokens=0,
     )
+    run = check_run(spec, discover())
+    if draft is not None:
+        checked["draft"] = resolve_model(str(draft))
+    return replace(run, **checked)
 
 
 def alive(pid):
@@ -74,7 +82,6 @@ def test_split_greedy_gives_the_in_process_tokens_and_writes_a_record(tiny_pair,
     handle = start_run(
         request(tiny_pair),
         inventory=discover(),
-        backend_python={},
         sampler=sampler,
         on_event=seen.append,
         data_dir=tmp_path,
@@ -110,7 +117,6 @@ def test_a_killed_draft_daemon_ends_the_run_within_3_s_and_keeps_the_record(tiny
     handle = start_run(
         request(tiny_pair, max_new_tokens=900, k=1),
         inventory=discover(),
-        backend_python={},
         sampler=Quiet(),
         data_dir=tmp_path,
         on_event=lambda e: isinstance(e, ev.StepEvent) and first_step.append(time.monotonic()),
@@ -139,7 +145,6 @@ def test_a_draft_that_cannot_load_reports_its_own_error(tiny_pair, tmp_path):
     handle = start_run(
         request(tiny_pair, draft=broken),
         inventory=discover(),
-        backend_python={},
         sampler=Quiet(),
         data_dir=tmp_path,
     )
@@ -160,16 +165,14 @@ class HipInventory:
 
 
 def test_a_daemon_whose_torch_does_not_match_its_backend_names_the_setting(tiny_pair, tmp_path):
-    req = request(tiny_pair, mode="inprocess")
-    req = RunRequest(**{**req.__dict__, "placement": Placement(("hip:0",), "hip:0")})
-    handle = start_run(
-        req,
-        inventory=HipInventory(),
-        backend_python={},
-        sampler=Quiet(),
-        data_dir=tmp_path,
+    req = request(
+        tiny_pair,
+        mode="inprocess",
+        placement=Placement(("hip:0",), "hip:0"),
+        devices={"hip:0": HipInventory.devices[0]},
         config_path="/home/me/specdeck.toml",
     )
+    handle = start_run(req, inventory=HipInventory(), sampler=Quiet(), data_dir=tmp_path)
     assert handle.wait(120) is None
     assert handle.error.role == "target" and handle.error.exit_status == 1
     assert "[backends.hip] python = " in handle.error.text
@@ -180,10 +183,11 @@ ORPHAN_SCRIPT = """
 import sys, time
 from backends.discovery import discover
 from backends.placement import Placement
-from ipc.runner import RunRequest, start_run
-req = RunRequest(sys.argv[1], sys.argv[2], Placement(("cpu",), "cpu"), "split", 1, 0.0, 0,
-                 "x", 900, False)
-handle = start_run(req, inventory=discover(), backend_python={}, data_dir=sys.argv[3])
+from ipc.run_spec import RunSpec, check_run
+from ipc.runner import start_run
+spec = RunSpec(sys.argv[1], sys.argv[2], ("cpu",), "cpu", "split", 1, prompts=("x",),
+               max_new_tokens=900, warmup_tokens=0)
+handle = start_run(check_run(spec, discover()), inventory=discover(), data_dir=sys.argv[3])
 while len(handle.pids) < 2:
     time.sleep(0.05)
 print(handle.pids["draft"], handle.pids["target"], flush=True)
@@ -219,14 +223,10 @@ def _no_stray_children():
 
 
 def test_a_configured_interpreter_that_exits_at_once_is_named(tiny_pair, tmp_path):
-    handle = start_run(
-        request(tiny_pair),
-        inventory=discover(),
-        backend_python={"cpu": "/bin/false"},  # starts, then exits 1 without a word
-        sampler=Quiet(),
-        data_dir=tmp_path,
-        config_path=tmp_path / "config.toml",
+    checked = request(  # /bin/false starts, then exits 1 without a word
+        tiny_pair, backend_python={"cpu": "/bin/false"}, config_path=str(tmp_path / "config.toml")
     )
+    handle = start_run(checked, inventory=discover(), sampler=Quiet(), data_dir=tmp_path)
     assert handle.wait(60) is None
     assert "died: exit status 1" in handle.error.text
     assert f"[backends.cpu] python = '/bin/false' ({tmp_path / 'config.toml'})" in (
@@ -235,14 +235,13 @@ def test_a_configured_interpreter_that_exits_at_once_is_named(tiny_pair, tmp_pat
 
 
 def test_records_name_the_models_as_the_request_does(tiny_pair, tmp_path):
-    from dataclasses import replace
+    from engine.catalog import demo_pair
 
-    named = replace(request(tiny_pair, max_new_tokens=4), target_name="t", draft_name="d")
-    handle = start_run(
-        named, inventory=discover(), backend_python={}, sampler=Quiet(), data_dir=tmp_path
-    )
+    checked = check_run(RunSpec(target=("cpu",), max_new_tokens=4), discover())
+    handle = start_run(checked, inventory=discover(), sampler=Quiet(), data_dir=tmp_path)
     result = handle.wait(120)
     assert result is not None, handle.error
-    assert (result["target_model"], result["draft_model"]) == ("t", "d")
+    names = tuple(info.name for info in demo_pair())
+    assert (result["target_model"], result["draft_model"]) == names
     run = json.loads((tmp_path / "runs" / handle.run_id / "run.json").read_text())
-    assert (run["target_model"], run["draft_model"]) == ("t", "d")
+    assert (run["target_model"], run["draft_model"]) == names

@@ -1,0 +1,1 @@
+"""`specdeck bench`'s own parts: prompt suites, placements files and the report."""
