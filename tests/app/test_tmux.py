@@ -1,10 +1,13 @@
 """The dashboard in a real terminal (tmux): place both roles with keys, launch, quit."""
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,3 +89,55 @@ def test_keys_place_both_roles_launch_and_quit_leaves_no_daemon(tmp_path):
         assert not left, f"daemons left after quitting: {left}"
     finally:
         tmux("kill-server")
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_stop_signal_quits_the_dashboard_as_q_does(tmp_path, sig, status):
+    tmux = Tmux(f"specdeck-test-{os.getpid()}")
+    data = tmp_path / "data"
+    run_dirs = Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))  # short: sockets go inside
+    env = {
+        "SPECDECK_CONFIG": str(tmp_path / "config.toml"),
+        "SPECDECK_DATA_DIR": str(data),
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "TMPDIR": str(run_dirs),
+    }
+    exports = " ".join(f"{k}={v}" for k, v in env.items())
+    exit_file = tmp_path / "exit-status"
+    command = (
+        f"cd {ROOT} && env -u COLUMNS -u LINES {exports} "
+        f"{sys.executable} -m app.cli --simulate cuda:1; echo $? > {exit_file}; sleep 60"
+    )
+    tmux("new-session", "-d", "-s", "deck", "-x", "160", "-y", "48", command)
+    try:
+        tmux("resize-window", "-t", "deck", "-x", "160", "-y", "48")
+        shell = psutil.Process(int(tmux("display", "-p", "-t", "deck", "#{pane_pid}").strip()))
+        tmux.wait_for(r"tokenizers match", timeout=20)
+        (specdeck,) = [p for p in shell.children() if "app.cli" in " ".join(p.cmdline())]
+        tmux.keys("t", "c", "Enter")  # both roles on the first card: the CPU, in-process
+        tmux.wait_for(r"TARGET\s+║", timeout=20)
+        tmux.keys("d", "Enter")
+        tmux.wait_for(r"TARGET\s+DRAFT\s+║", timeout=20)
+        tmux.keys("l")
+        # the record exists from the launch on; the daemons are still starting (importing
+        # torch takes them seconds), so the run is surely going when the signal lands
+        deadline = time.monotonic() + 20
+        while not list(data.glob("runs/*/run.json")):
+            assert time.monotonic() < deadline, tmux.screen()
+            time.sleep(0.02)
+        daemons = specdeck.children(recursive=True)
+        specdeck.send_signal(sig)
+        deadline = time.monotonic() + 30
+        while not exit_file.exists() or not exit_file.read_text().strip():
+            assert time.monotonic() < deadline, tmux.screen()
+            time.sleep(0.1)
+        assert int(exit_file.read_text()) == status
+        (record,) = data.glob("runs/*/run.json")
+        assert json.loads(record.read_text())["status"] == "stopped"
+        _, left = psutil.wait_procs(daemons, timeout=10)
+        assert not left, f"daemons left after the signal: {left}"
+        assert not list(run_dirs.glob("specdeck-*"))
+    finally:
+        tmux("kill-server")
+        shutil.rmtree(run_dirs, ignore_errors=True)
