@@ -67,7 +67,7 @@ class DashboardApp(App):
         self._main.scan_catalog()
 
     def on_unmount(self) -> None:
-        self._main.stop_everything()
+        self._main.live_run.close()
         self.sampler.stop()
 
     def _remember_theme(self, theme) -> None:
@@ -113,9 +113,9 @@ class DashboardApp(App):
 
     async def action_quit(self) -> None:
         """Stop every daemon, then leave."""
-        if self._main.handle is not None:
+        if self._main.live_run.busy:
             self.notify("stopping the daemons…")
             import asyncio
 
-            await asyncio.to_thread(self._main.stop_everything)
+            await asyncio.to_thread(self._main.live_run.close)
         self.exit()

@@ -31,7 +31,7 @@ async def shoot(out: Path, run: bool) -> None:
         if run:
             await pilot.press("b", "l")
             deadline = time.monotonic() + 180
-            while app.screen.handle is not None and time.monotonic() < deadline:
+            while app.screen.live_run.busy and time.monotonic() < deadline:
                 await pilot.pause(0.5)
             await pilot.pause(1.0)
         app.save_screenshot(filename=out.name, path=str(out.parent))

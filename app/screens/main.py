@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from textual import events, on, work
 from textual.app import ComposeResult
@@ -16,26 +15,34 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Input, Select
 
 from app.board import Board, free_memory
-from app.widgets.controls import BadOption, RunControls, RunOptions
-from app.widgets.devices import DeviceCard, DeviceGrid, PlaceRequested, RemoveRequested, RoleOnCard
+from app.config import data_dir
+from app.run_control import LiveRun
+from app.widgets.controls import BadOption, RunControls
+from app.widgets.devices import (
+    DeviceCard,
+    DeviceGrid,
+    DevicesFollowed,
+    PlaceRequested,
+    ReadingsShown,
+    RemoveRequested,
+)
 from app.widgets.drag import RoleClicked, RoleDragHover, RoleDropped
 from app.widgets.models import ModelsChosen, ModelsPanel
 from app.widgets.palette import CHIP_LABELS, RolePalette
-from app.widgets.telemetry import DeviceHistory, utilization_series
-from backends.cpu import resident_bytes
-from backends.placement import Placement, PlacementError
+from app.widgets.telemetry import DeviceHistory
+from backends.placement import PlacementError
 
 if TYPE_CHECKING:
     from app.config import Config
-    from app.widgets.acceptance import AcceptanceFigures, AcceptancePane
+    from app.run_control import AcceptanceFigures, RunningDaemon, ThroughputFigures
+    from app.widgets.acceptance import AcceptancePane
     from app.widgets.log import EventLog
     from app.widgets.output import OutputPane
-    from app.widgets.throughput import ThroughputFigures, ThroughputPane
+    from app.widgets.throughput import ThroughputPane
     from backends.discovery import Inventory
     from backends.sampler import DeviceSampler
     from engine.catalog import ModelInfo
 
-RUN_OVER = ("done", "stopped", "failed")
 CHIP_KEYS = Binding.Group("Chip")  # the footer shows `t d Chip`
 MODEL_KEYS = Binding.Group("Model")  # and `T D Model`
 COMPACT_FOOTER_BELOW = 130  # columns: the footer drops its spacing below this width
@@ -47,16 +54,12 @@ def device_ids(inventory: Inventory) -> set[str]:
 
 
 class RunEventArrived(Message):
-    """A run event, carried from the runner's thread onto the screen's message queue."""
+    """A launch outcome or a run event for LiveRun.apply, carried from the launch or run
+    thread onto the screen's message queue."""
 
-    def __init__(self, event: Any) -> None:
+    def __init__(self, event: object) -> None:
         super().__init__()
         self.event = event
-
-
-class DevicesChanged(Message):
-    """The sampler's device list changed (GPUs discovered after the first frame, a device
-    gone or come); posted from the sampler thread, which post_message allows."""
 
 
 class MainScreen(Screen):
@@ -98,11 +101,14 @@ class MainScreen(Screen):
         self.model_dirs = tuple(model_dirs)
         self.refresh_s = refresh_s
         self.board = Board.of(inventory.devices)
-        self.handle: Any = None  # the ipc.runner.RunHandle of the run going on
-        self.daemons: dict[str, tuple[int, tuple[str, ...]]] = {}  # role -> (pid, device ids)
-        # the live figures come with their panes, after the first frame
-        self.acceptance: AcceptanceFigures | None = None
-        self.throughput: ThroughputFigures | None = None
+        self.live_run = LiveRun(  # launch, events, stop: plain Python; this screen shows it
+            self,
+            lambda item: self.post_message(RunEventArrived(item)),
+            config=config,
+            sampler=sampler,
+            model_dirs=self.model_dirs,
+            data_dir=data_dir(),
+        )
         self._filled = False  # the parts mounted after the first frame are there
         self._after_fill: list[Callable[[], object]] = []
 
@@ -117,7 +123,7 @@ class MainScreen(Screen):
                 yield RunControls(id="controls")
             with Vertical(id="main"):
                 unavailable = [f"{u.backend}: {u.reason}" for u in self.inventory.unavailable]
-                yield DeviceGrid(self.inventory.devices, unavailable, id="devices")
+                yield DeviceGrid(self.sampler, unavailable, self.refresh_s, id="devices")
                 # the live panes, the log, the inputs and pickers come after the first frame
                 yield Horizontal(id="live")
                 yield Horizontal(id="bottom")
@@ -135,27 +141,23 @@ class MainScreen(Screen):
                 "#devices": "Devices",
             }
         )
-        self._status("idle")
+        self.show_status("idle")
         self.query_one(RolePalette).selected = self.board.selected
         if self.models is not None:
             self._catalog_loaded(self.models)
-        self.refresh_telemetry()
-        self.set_interval(self.refresh_s, self.refresh_telemetry)
-        self.sampler.on_devices_changed(lambda: self.post_message(DevicesChanged()))
         self.call_after_refresh(self._fill)
 
     async def _fill(self) -> None:
         """Mount what the first frame need not wait for: live panes, log, inputs, pickers."""
         # their modules load here too, so the first frame does not wait for the imports
-        from app.widgets.acceptance import AcceptanceFigures, AcceptancePane
+        from app.widgets.acceptance import AcceptancePane
         from app.widgets.log import EventLog
         from app.widgets.output import OutputPane
-        from app.widgets.throughput import ThroughputFigures, ThroughputPane
+        from app.widgets.throughput import ThroughputPane
 
-        self.acceptance, self.throughput = AcceptanceFigures(), ThroughputFigures()
         await self.query_one("#live", Horizontal).mount_all(
             [
-                DeviceHistory(self.inventory.devices, id="history"),
+                DeviceHistory(self.sampler, self.refresh_s, id="history"),
                 AcceptancePane(id="acceptance"),
                 ThroughputPane(id="throughput"),
             ]
@@ -183,7 +185,6 @@ class MainScreen(Screen):
         for u in self.inventory.unavailable:
             log.add(f"{u.backend} unavailable: {u.reason}", level="debug")
         self._filled = True
-        self.refresh_telemetry()
         for callback in self._after_fill:
             callback()
         self._after_fill.clear()
@@ -275,76 +276,50 @@ class MainScreen(Screen):
         )
         self._show_shortfall()
 
-    # -- telemetry -----------------------------------------------------------------------
+    # -- devices (the device widgets read the sampler; the board follows them) ------------
 
-    def on_devices_changed(self, _: DevicesChanged) -> None:
-        self.refresh_telemetry()  # new cards at once, not at the next tick
-
-    def refresh_telemetry(self) -> None:
-        """Show the sampler's latest readings on every card and in the history pane."""
-        if self.sampler.inventory is not self.inventory:
-            self._follow_devices(self.sampler.inventory)
-        grid = self.query_one(DeviceGrid)
-        history = self.query_one(DeviceHistory) if self._filled else None
-        free: dict[str, int | None] = {}
-        for device in self.inventory.devices:
-            samples = self.sampler.history(device.id)
-            latest = samples[-1] if samples else None
-            free[device.id] = free_memory(latest)
-            card = grid.card(device.id)
-            if card is None:
-                continue
-            card.show(latest, tuple(utilization_series(samples)))
-            if history is not None:
-                history.show(device.id, samples)
-            card.roles = self._roles_on(device.id, latest)
-        self.board = self.board.with_free(free)
-        self._show_shortfall()
-        if self.handle is not None and getattr(self.handle, "finished", False):
-            self._run_over(getattr(self.handle, "state", "done"))  # in case an event was lost
-
-    def _follow_devices(self, inventory: Inventory) -> None:
-        """Cards follow the devices there now; a role on a device that has gone comes off."""
-        stranded = self.board.stranded_roles(inventory.devices)
-        before, self.inventory = self.inventory, inventory
-        self.board = self.board.with_devices(inventory.devices)
-        self.query_one(DeviceGrid).show_devices(inventory.devices)
-        self._when_filled(lambda: self.query_one(DeviceHistory).show_devices(inventory.devices))
-        lines = [(f"{d} has gone", "warning") for d in device_ids(before) - device_ids(inventory)]
-        lines += [(f"{d} appeared", "info") for d in device_ids(inventory) - device_ids(before)]
+    @on(DevicesFollowed)
+    def _on_devices_followed(self, event: DevicesFollowed) -> None:
+        """The board follows the devices there now; a role on a device that has gone comes off."""
+        before, now = device_ids(self.inventory), device_ids(event.inventory)
+        self.inventory = event.inventory
+        stranded = self.board.stranded_roles(self.inventory.devices)
+        self.board = self.board.with_devices(self.inventory.devices)
+        self._show_board()
+        lines = [(f"{d} has gone", "warning") for d in before - now]
+        lines += [(f"{d} appeared", "info") for d in now - before]
         for role, device_id in stranded:
             text = f"{CHIP_LABELS[role]} taken off {device_id}: the device has gone"
             self.notify(text, title="device gone", severity="warning", timeout=10)
             lines.append((text, "warning"))
         self._when_filled(lambda: self._log_lines(lines))
 
+    @on(ReadingsShown)
+    def _on_readings_shown(self, event: ReadingsShown) -> None:
+        """The board judges fits by the free memory the cards show now."""
+        self.board = self.board.with_free({d: free_memory(s) for d, s in event.latest.items()})
+        self._show_shortfall()
+        if self._filled:
+            self.live_run.notice_end()  # in case the run's last event was lost
+
     def _log_lines(self, lines: list[tuple[str, str]]) -> None:
         for text, level in lines:
             self.event_log.add(text, level)
 
-    def _roles_on(self, device_id: str, latest: Any) -> tuple[RoleOnCard, ...]:
-        device = self.board.devices.get(device_id)
-        roles = []
-        for role in self.board.roles_on(device_id):
-            pid, memory, resident = None, None, False
-            if role in self.daemons and device_id in self.daemons[role][1]:
-                pid = self.daemons[role][0]
-                for process in getattr(latest, "processes", ()) or ():
-                    if process.pid == pid:
-                        memory = process.memory_bytes
-                if memory is None and device is not None and device.runs_on_host:
-                    # no per-device figure where the work runs on the host: its host memory
-                    memory, resident = resident_bytes(pid), True
-            roles.append(RoleOnCard(role, pid, memory, resident))
-        return tuple(roles)
-
     def _show_board(self) -> None:
-        """Redraw the roles on every card after the board changed."""
+        """Redraw the roles on every card, with their daemons' pids, after either changed."""
         grid = self.query_one(DeviceGrid)
+        daemons = self.live_run.daemons
         for device in self.inventory.devices:
             card = grid.card(device.id)
-            if card is not None:
-                card.roles = self._roles_on(device.id, self.sampler.latest(device.id))
+            if card is None:
+                continue
+            placed = []
+            for role in self.board.roles_on(device.id):
+                daemon = daemons.get(role)
+                here = daemon is not None and device.id in daemon.device_ids
+                placed.append((role, daemon.pid if here else None))
+            card.show_roles(placed)
         self.query_one(RolePalette).selected = self.board.selected
         self._show_shortfall()
 
@@ -359,7 +334,7 @@ class MainScreen(Screen):
 
     def place(self, role: str, device_id: str, source: str | None = None) -> bool:
         """Place (or move) a role; a refusal is a notification saying why."""
-        if self.handle is not None:
+        if self.live_run.busy:
             self.notify("stop the run before changing the placement", severity="warning")
             return False
         try:
@@ -382,7 +357,7 @@ class MainScreen(Screen):
 
     def remove(self, role: str, device_id: str) -> None:
         """Take a role off a card."""
-        if self.handle is not None:
+        if self.live_run.busy:
             self.notify("stop the run before changing the placement", severity="warning")
             return
         self.board = self.board.remove(role, device_id)
@@ -483,9 +458,6 @@ class MainScreen(Screen):
         self._when_filled(self._launch)
 
     def _launch(self) -> None:
-        if self.handle is not None:
-            self.notify("a run is already going on; stop it first", severity="warning")
-            return
         try:
             options = self.query_one(RunControls).options()
         except BadOption as exc:
@@ -493,210 +465,62 @@ class MainScreen(Screen):
             return
         panel = self.query_one(ModelsPanel)
         target, draft = panel.target, panel.draft
-        problem = None
         if target is None or draft is None:
-            problem = "choose a target model and a draft model first"
-        elif (
-            target.tokenizer_fingerprint
-            and draft.tokenizer_fingerprint
-            and target.tokenizer_fingerprint != draft.tokenizer_fingerprint
-        ):
-            problem = f"the tokenizers of {target.name} and {draft.name} differ"
-        elif target.problem or draft.problem:
-            broken = target if target.problem else draft
-            problem = f"{broken.name} cannot load: {broken.problem}"
-        else:  # the check the command line makes, with the numbers
-            from app.run_options import run_context_problem
-
-            problem = run_context_problem(
-                target, draft, options.prompt, options.max_new_tokens, options.k, "max new tokens"
-            )
-        if problem:
-            self.notify(problem, title="cannot launch", severity="error")
+            self.notify("choose a target model and a draft model first", severity="error")
             return
         try:
             placement = self.board.placement()
         except PlacementError as exc:
             self.notify(str(exc), title="cannot launch", severity="error")
             return
-        self.start(placement, target, draft, options)
+        from ipc.run_spec import RunSpec
 
-    def start(
-        self, placement: Placement, target: ModelInfo, draft: ModelInfo, options: RunOptions
-    ) -> None:
-        """Hand the run to ipc.runner; its events come back as RunEventArrived messages."""
-        log = self.event_log
-        try:
-            from ipc.runner import RunRequest, start_run
-        except ImportError as exc:
-            self.notify(f"the run launcher is not available: {exc}", severity="error")
-            log.add(f"cannot launch: ipc.runner is not available ({exc})", "error")
-            return
-        from app.run_options import DEFAULT_SEED
-
-        trusted = set(self.config.trust_remote_code)
-        request = RunRequest(
+        spec = RunSpec(  # the folders picked: the check names them as the catalog does
             target_model=str(target.path),
             draft_model=str(draft.path),
-            placement=placement,
+            target=placement.target,
+            draft=placement.draft,
             mode=placement.mode,
             k=options.k,
             temperature=options.temperature,
-            seed=DEFAULT_SEED,
-            prompt=options.prompt,
+            prompts=(options.prompt,),
             max_new_tokens=options.max_new_tokens,
             baseline=options.baseline,
-            trust_remote_code=bool(trusted & {target.name, str(target.path)}),
-            target_name=target.name,  # records name models as the command line does
-            draft_name=draft.name,
         )
-        screen = self
-
-        def on_event(event: Any) -> None:  # called from the runner's thread
-            screen.post_message(RunEventArrived(event))
-
-        from app.config import data_dir
-
-        try:
-            self.handle = start_run(
-                request,
-                inventory=self.inventory,
-                backend_python=dict(self.config.backend_python),
-                sampler=self.sampler,
-                on_event=on_event,
-                data_dir=data_dir(),
-                config_path=str(self.config.path) if self.config.path.exists() else None,
-            )
-        except Exception as exc:  # bad input or a daemon that cannot start: say so, go on
-            self.handle = None
-            self.notify(str(exc) or type(exc).__name__, title="launch failed", severity="error")
-            log.add(f"launch failed: {exc}", "error")
-            return
-        from app.widgets.acceptance import AcceptanceFigures
-        from app.widgets.throughput import ThroughputFigures
-
-        self.daemons = {}
-        self.acceptance, self.throughput = AcceptanceFigures(), ThroughputFigures()
-        self.acceptance_pane.figures = self.acceptance
-        self.throughput_pane.figures = self.throughput
-        self.output_pane.begin(options.prompt)
-        self.query_one(RunControls).set_running(True)
-        where = f"target on {', '.join(placement.target)}, draft on {placement.draft}"
-        log.add(f"launched {target.name} + {draft.name} ({placement.mode}; {where})")
-        self._status(f"starting run {getattr(self.handle, 'run_id', '')}")
+        self.live_run.launch(spec, self.inventory)
 
     def action_stop(self) -> None:
         """Stop the run going on (its daemons end)."""
-        if self.handle is None:
-            self.notify("no run is going on", severity="warning")
-            return
-        self._status("stopping…")
-        self._stop_run(self.handle)
-
-    @work(thread=True, group="stop")
-    def _stop_run(self, handle: Any) -> None:
-        """Stop a run off the UI thread: daemons may take a moment to end."""
-        try:
-            handle.stop()
-        except Exception as exc:  # already gone is fine; anything else is reported
-            self.app.call_from_thread(self.notify, f"stop: {exc}", severity="warning")
-
-    # -- run events ----------------------------------------------------------------------
+        self.live_run.stop()
 
     @on(RunEventArrived)
     def _on_run_event(self, message: RunEventArrived) -> None:
-        self._when_filled(lambda: self._show_event(message.event))
+        self._when_filled(lambda: self.live_run.apply(message.event))
 
-    def _show_event(self, event: Any) -> None:
-        kind = type(event).__name__
-        log = self.event_log
-        if kind == "StepEvent":
-            step = event.step
-            self.acceptance = self.acceptance.after_step(
-                step.committed,
-                step.k or step.drafted,
-                event.mean_acceptance_length,
-                event.acceptance_rate,
-                tuple(event.per_position_acceptance),
-            )
-            self.throughput = self.throughput.after_step(
-                step.committed,
-                step.draft_s,
-                step.verify_s,
-                step.transport_s,
-                event.decode_tokens_per_s,
-            )
-            self.acceptance_pane.figures = self.acceptance
-            self.throughput_pane.figures = self.throughput
-            self.output_pane.append(event.text)
-        elif kind == "TokenEvent":
-            if event.decode_tokens_per_s is not None:
-                self._status(f"baseline: {event.new_tokens} tokens")
-        elif kind == "StatusEvent":
-            from app.widgets.log import status_text  # loaded with the log, after the first frame
+    # -- what the run shows (app.run_control.RunView) ----------------------------------------
 
-            log.add(status_text(event.state, event.text), role=event.role)
-            self._status(f"{event.role}: {event.state}")
-            if event.role == "run" and event.state in RUN_OVER:
-                self._run_over(event.state)
-        elif kind == "LogEvent":
-            log.add(event.text, level=event.level, role=event.role)
-        elif kind == "ErrorEvent":
-            died = "" if event.exit_status is None else f" (exit status {event.exit_status})"
-            text = f"{event.text}{died}"
-            log.add(text, level="error", role=event.role)
-            self.notify(text, title=f"{event.role} failed", severity="error", timeout=10)
-        elif kind == "DaemonEvent":
-            self.daemons[event.role] = (event.pid, tuple(event.device_ids))
-            log.add(f"daemon pid {event.pid} on {', '.join(event.device_ids)}", role=event.role)
-            self._show_board()
-        elif kind == "DoneEvent":
-            self._done(event.result)
-
-    def _done(self, result: dict) -> None:
-        baseline = (result.get("baseline") or {}).get("decode_tokens_per_s")
-        mean = result.get("decode_tokens_per_s", self.throughput.mean)
-        self.throughput = replace(self.throughput, mean=mean, baseline=baseline)
-        self.throughput_pane.figures = self.throughput
-        if result.get("output_text") is not None:  # the record's text, should a piece be missing
-            self.output_pane.finish(result["output_text"])
-        al = result.get("mean_acceptance_length")
-        tps = result.get("decode_tokens_per_s")
-        summary = f"done: {result.get('new_tokens', '?')} tokens"
-        if al is not None:
-            summary += f", mean AL {al:.2f}"
-        if tps is not None:
-            summary += f", {tps:.1f} tok/s"
-        if result.get("speedup") is not None:
-            summary += f", speedup {result['speedup']:.2f}×"
-        self.event_log.add(summary)
-        self.notify(summary.removeprefix("done: "), title="run done")
-
-    def _run_over(self, state: str) -> None:
-        if self.handle is None:
-            return
-        self.handle = None
-        self.daemons = {}
-        self.query_one(RunControls).set_running(False)
-        self._status(state)
-        self._show_board()
-        if self.throughput is not None:  # no step is going on any more: no rate "now"
-            self.throughput = replace(self.throughput, now=None)
-            self._when_filled(self._show_throughput)
-
-    def _show_throughput(self) -> None:
-        self.throughput_pane.figures = self.throughput
-
-    def _status(self, text: str) -> None:
+    def show_status(self, text: str) -> None:
         """What the run is doing, on the Run pane's bottom edge."""
         self.query_one(RunControls).border_subtitle = text
 
-    def stop_everything(self, timeout_s: float = 15.0) -> None:
-        """Stop the run going on and wait for its daemons to end (used when quitting)."""
-        handle, self.handle = self.handle, None
-        if handle is not None:
-            try:
-                handle.stop()
-                handle.wait(timeout_s)
-            except Exception:  # quitting goes on whatever the daemons say
-                pass
+    def add_log(self, text: str, level: str = "info", role: str = "") -> None:
+        self.event_log.add(text, level, role)
+
+    def show_figures(self, acceptance: AcceptanceFigures, throughput: ThroughputFigures) -> None:
+        self.acceptance_pane.figures = acceptance
+        self.throughput_pane.figures = throughput
+
+    def begin_output(self, prompt: str) -> None:
+        self.output_pane.begin(prompt)
+
+    def append_output(self, text: str) -> None:
+        self.output_pane.append(text)
+
+    def finish_output(self, text: str) -> None:
+        self.output_pane.finish(text)
+
+    def show_running(self, running: bool) -> None:
+        self.query_one(RunControls).set_running(running)
+
+    def show_daemons(self, daemons: Mapping[str, RunningDaemon]) -> None:
+        self._show_board()

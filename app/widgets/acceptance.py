@@ -3,48 +3,15 @@ acceptance bars and the AL history."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
 from textual.reactive import reactive
 from textual.widget import Widget
 
+from app.run_control import AcceptanceFigures
 from app.widgets.figures import MUTED, NA, bar, flow, number, percent
 from app.widgets.spark import spark_text
 
-HISTORY = 240  # steps of AL history kept for the sparkline
 POSITION_ROWS = 5  # per-position bars that fit the pane in one column
 COMPACT_BELOW_ROWS = 8  # fewer rows than this: the figures without captions
-
-
-@dataclass(frozen=True)
-class AcceptanceFigures:
-    """What the acceptance pane shows; None = nothing reported yet."""
-
-    last_al: int | None = None
-    mean_al: float | None = None
-    rate: float | None = None
-    per_position: tuple[float, ...] = ()
-    history: tuple[int, ...] = ()
-    k: int | None = None
-
-    def after_step(
-        self,
-        committed: int,
-        k: int,
-        mean_al: float | None,
-        rate: float | None,
-        per_position: tuple[float, ...],
-    ) -> AcceptanceFigures:
-        """The figures once one more step has been reported."""
-        return replace(
-            self,
-            last_al=committed,
-            mean_al=mean_al,
-            rate=rate,
-            per_position=tuple(per_position),
-            history=(*self.history, committed)[-HISTORY:],
-            k=k or self.k,
-        )
 
 
 class AcceptancePane(Widget):

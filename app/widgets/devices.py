@@ -1,10 +1,12 @@
 """Device cards: vendor badge, name, memory bar, utilization sparkline, power, temperature
-and the roles placed on the device (with the daemon's pid and memory once it runs)."""
+and the roles placed on the device (with the daemon's pid and memory once it runs). The grid
+reads the device sampler on its own timer and follows the devices there now."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -19,8 +21,14 @@ from app.widgets.drag import Draggable, DropTarget
 from app.widgets.figures import NA, bar, gib, number, size
 from app.widgets.palette import CHIP_LABELS
 from app.widgets.spark import spark_text
+from app.widgets.telemetry import SamplerDevicesChanged, follow_sampler_devices, utilization_series
 from backends.base import Device, Sample
+from backends.cpu import resident_bytes
 from themes.specdeck import readable_text
+
+if TYPE_CHECKING:
+    from backends.discovery import Inventory
+    from backends.sampler import DeviceSampler
 
 BADGES = {"cuda": "CUDA", "hip": "HIP", "cpu": "CPU"}
 CARD_WIDTH = 34  # cells a card needs to show its memory bar and power without cutting
@@ -73,6 +81,23 @@ class RemoveRequested(Message):
         self.device_id = device_id
 
 
+class DevicesFollowed(Message):
+    """The grid took up the sampler's new device list: a gone device's card went, a new
+    device got one."""
+
+    def __init__(self, inventory: Inventory) -> None:
+        super().__init__()
+        self.inventory = inventory
+
+
+class ReadingsShown(Message):
+    """The grid drew the sampler's latest reading of each device (None: none yet)."""
+
+    def __init__(self, latest: Mapping[str, Sample | None]) -> None:
+        super().__init__()
+        self.latest = dict(latest)
+
+
 class DeviceCard(DropTarget, can_focus=True):
     """One discovered device and what is placed on it.
 
@@ -98,6 +123,7 @@ class DeviceCard(DropTarget, can_focus=True):
         self.device = device
         self.drop_id = device.id
         self.border_title = device.id
+        self._placed: tuple[tuple[str, int | None], ...] = ()  # (role, its daemon's pid)
 
     def render(self) -> str:
         return "\n".join(
@@ -151,9 +177,30 @@ class DeviceCard(DropTarget, can_focus=True):
         return f"power {power}{unit}  temp {number(s.temperature_c, '.0f', ' °C')}"
 
     def show(self, sample: Sample | None, utilization: tuple[float, ...]) -> None:
-        """Draw the latest reading and the utilization history."""
+        """Draw the latest reading and the utilization history (and the daemons' memory)."""
         self.sample = sample
         self.utilization = utilization
+        self.roles = self._roles_now()
+
+    def show_roles(self, placed: Sequence[tuple[str, int | None]]) -> None:
+        """The roles placed on this device, each with its daemon's pid once that runs here."""
+        self._placed = tuple(placed)
+        self.roles = self._roles_now()
+
+    def _roles_now(self) -> tuple[RoleOnCard, ...]:
+        """The placed roles with their daemons' memory from the latest reading."""
+        roles = []
+        for role, pid in self._placed:
+            memory, resident = None, False
+            if pid is not None:
+                for process in self.sample.processes if self.sample else ():
+                    if process.pid == pid:
+                        memory = process.memory_bytes
+                if memory is None and self.device.runs_on_host:
+                    # no per-device figure where the work runs on the host: its host memory
+                    memory, resident = resident_bytes(pid), True
+            roles.append(RoleOnCard(role, pid, memory, resident))
+        return tuple(roles)
 
     async def watch_roles(self, roles: tuple[RoleOnCard, ...]) -> None:
         await self.remove_children(PlacedRole)
@@ -184,11 +231,21 @@ class DeviceCard(DropTarget, can_focus=True):
 
 
 class DeviceGrid(VerticalScroll):
-    """The cards of every discovered device, in discovery order."""
+    """The cards of every discovered device, in discovery order; every `refresh_s` it draws
+    the sampler's latest readings and follows the devices there now."""
 
-    def __init__(self, devices: Sequence[Device], unavailable: Sequence[str] = (), **kw) -> None:
+    def __init__(
+        self,
+        sampler: DeviceSampler,
+        unavailable: Sequence[str] = (),
+        refresh_s: float = 1.0,
+        **kw,
+    ) -> None:
         super().__init__(**kw)
-        self.devices = tuple(devices)
+        self.sampler = sampler
+        self.refresh_s = refresh_s
+        self.inventory = sampler.inventory  # the devices it shows
+        self.devices = self.inventory.devices
         self.unavailable = tuple(unavailable)
 
     def compose(self) -> ComposeResult:
@@ -202,6 +259,27 @@ class DeviceGrid(VerticalScroll):
         if self.unavailable:
             names = ", ".join(line.split(":")[0] for line in self.unavailable)
             self.border_subtitle = f"{names} unavailable (see the log)"
+        self.refresh_telemetry()
+        self.set_interval(self.refresh_s, self.refresh_telemetry)
+        follow_sampler_devices(self, self.sampler)
+
+    def on_sampler_devices_changed(self, _: SamplerDevicesChanged) -> None:
+        self.refresh_telemetry()  # new cards at once, not at the next tick
+
+    def refresh_telemetry(self) -> None:
+        """Draw the sampler's latest readings on every card, after following its devices."""
+        if self.sampler.inventory is not self.inventory:
+            self.inventory = self.sampler.inventory
+            self.show_devices(self.inventory.devices)
+            self.post_message(DevicesFollowed(self.inventory))
+        latest: dict[str, Sample | None] = {}
+        for device in self.devices:
+            samples = self.sampler.history(device.id)
+            latest[device.id] = samples[-1] if samples else None
+            card = self.card(device.id)
+            if card is not None:
+                card.show(latest[device.id], tuple(utilization_series(samples)))
+        self.post_message(ReadingsShown(latest))
 
     def on_resize(self) -> None:
         self._fit_columns()

@@ -24,15 +24,6 @@ def stamp() -> str:
     return time.strftime("%H:%M:%S")
 
 
-def status_text(state: str, text: str) -> str:
-    """A daemon's status as one phrase that says its state once (not `loading loading m`)."""
-    if not text:
-        return state
-    if text.split(maxsplit=1)[0].lower().startswith(state[:4]):  # `decoding` says `decode`
-        return text
-    return f"{state} — {text}"
-
-
 @dataclass(frozen=True)
 class LogLine:
     """One line of the log: when, how serious, which role, what."""

@@ -1,16 +1,22 @@
-"""Per-device utilization and memory history, one line of two sparklines per device."""
+"""Per-device utilization and memory history, one line of two sparklines per device, read
+from the device sampler on the widget's own timer."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
+from textual.message import Message
 from textual.widget import Widget
 
 from app.widgets.figures import MUTED
 from app.widgets.spark import spark_text
-from backends.base import Device, Sample
+from backends.base import Sample
+
+if TYPE_CHECKING:
+    from backends.sampler import DeviceSampler
 
 ID_WIDTH = 11
 
@@ -61,21 +67,42 @@ class HistoryChart(Widget):
         self.refresh(layout=True)
 
 
-class DeviceHistory(VerticalScroll):
-    """Utilization and memory over the sampler's history window, per device."""
+class SamplerDevicesChanged(Message):
+    """The sampler's device list changed (GPUs discovered after the first frame, a device gone
+    or come); posted from the sampler thread, which post_message allows."""
 
-    def __init__(self, devices: Sequence[Device], **kw) -> None:
+
+def follow_sampler_devices(widget: Widget, sampler: DeviceSampler) -> None:
+    """Post SamplerDevicesChanged to `widget` whenever the sampler's device list changes."""
+    sampler.on_devices_changed(lambda: widget.post_message(SamplerDevicesChanged()))
+
+
+class DeviceHistory(VerticalScroll):
+    """Utilization and memory over the sampler's history window, per device; it reads the
+    sampler every `refresh_s` and follows the devices there now."""
+
+    def __init__(self, sampler: DeviceSampler, refresh_s: float = 1.0, **kw) -> None:
         super().__init__(**kw)
-        self.devices = tuple(devices)
+        self.sampler = sampler
+        self.refresh_s = refresh_s
+        self.inventory = sampler.inventory  # the devices it shows
 
     def compose(self) -> ComposeResult:
-        yield HistoryChart([d.id for d in self.devices])
+        yield HistoryChart([d.id for d in self.inventory.devices])
 
-    def show(self, device_id: str, samples: Sequence[Sample]) -> None:
-        """Draw one device's history (oldest first)."""
-        self.query_one(HistoryChart).show(device_id, samples)
+    def on_mount(self) -> None:
+        self.refresh_history()
+        self.set_interval(self.refresh_s, self.refresh_history)
+        follow_sampler_devices(self, self.sampler)
 
-    def show_devices(self, devices: Sequence[Device]) -> None:
-        """Follow the devices there now."""
-        self.devices = tuple(devices)
-        self.query_one(HistoryChart).show_devices([d.id for d in self.devices])
+    def on_sampler_devices_changed(self, _: SamplerDevicesChanged) -> None:
+        self.refresh_history()  # a new device's line at once, not at the next tick
+
+    def refresh_history(self) -> None:
+        """Draw every device's history as the sampler holds it now."""
+        chart = self.query_one(HistoryChart)
+        if self.sampler.inventory is not self.inventory:
+            self.inventory = self.sampler.inventory
+            chart.show_devices([d.id for d in self.inventory.devices])
+        for device in self.inventory.devices:
+            chart.show(device.id, self.sampler.history(device.id))

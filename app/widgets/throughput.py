@@ -3,56 +3,15 @@ and how a step's time splits into draft, verify and transport."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
 from textual.reactive import reactive
 from textual.widget import Widget
 
+from app.run_control import ThroughputFigures
 from app.widgets.figures import NA, flow, flow_items, number
 from app.widgets.spark import spark_text
-from engine.metrics import speedup
 
 SPLIT_WIDTH = 22
 COMPACT_BELOW_ROWS = 8  # fewer rows than this: the figures without captions
-
-
-@dataclass(frozen=True)
-class ThroughputFigures:
-    """What the throughput pane shows; None = not reported (yet)."""
-
-    now: float | None = None  # tokens per second of the last step
-    mean: float | None = None  # decode tokens per second so far
-    baseline: float | None = None  # target-only decode tokens per second
-    draft_s: float = 0.0
-    verify_s: float = 0.0
-    transport_s: float = 0.0
-    history: tuple[float, ...] = ()
-
-    @property
-    def speedup(self) -> float | None:
-        """Mean decode throughput over the baseline's, once both are known."""
-        return speedup(self.mean, self.baseline)
-
-    def after_step(
-        self,
-        committed: int,
-        draft_s: float,
-        verify_s: float,
-        transport_s: float,
-        mean: float | None,
-    ) -> ThroughputFigures:
-        """The figures once one more step has been reported."""
-        step_s = draft_s + verify_s + transport_s
-        now = committed / step_s if step_s > 0 else None
-        return replace(
-            self,
-            now=now,
-            mean=mean,
-            draft_s=self.draft_s + draft_s,
-            verify_s=self.verify_s + verify_s,
-            transport_s=self.transport_s + transport_s,
-            history=(*self.history, now)[-240:] if now is not None else self.history,
-        )
 
 
 def split_bar(draft_s: float, verify_s: float, transport_s: float, width: int) -> str:

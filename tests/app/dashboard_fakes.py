@@ -116,6 +116,34 @@ def make_app(models=MODELS, polls: int = 12, **kw):
     return DashboardApp(load_config(), inventory, sampler, models=models, **kw)
 
 
+class FakeRunHandle:
+    """A stand-in for `ipc.runner.RunHandle`, with its names: a run that goes on until its
+    events say it ended; stopping it reaches no daemon."""
+
+    run_id = "20260101-000000-fake"
+    record_dir = Path("/nonexistent/runs/20260101-000000-fake")
+    error = None
+    finished = False
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {}
+
+    def stop(self) -> None:
+        """Nothing to stop."""
+
+    def wait(self, timeout: float | None = None) -> dict | None:
+        return None
+
+    def wait_to_end(self) -> dict | None:
+        return None
+
+
+def as_if_launched(screen) -> None:
+    """Make the main screen's run busy as a launch does; the test then posts its events."""
+    screen.live_run.handle = FakeRunHandle()
+
+
 async def wait_for(pilot, condition: Callable[[], object], what: str, timeout_s=WAIT_S) -> None:
     """Let the app run until `condition()` holds; fail naming `what` once `timeout_s` passed."""
     deadline = time.monotonic() + timeout_s

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,14 @@ from app.widgets.acceptance import AcceptancePane
 from app.widgets.devices import DeviceCard, PlacedRole
 from app.widgets.models import ModelsPanel
 from app.widgets.throughput import ThroughputPane
-from tests.app.dashboard_fakes import MODELS, fake_model, make_app, wait_filled, wait_for
+from tests.app.dashboard_fakes import (
+    MODELS,
+    as_if_launched,
+    fake_model,
+    make_app,
+    wait_filled,
+    wait_for,
+)
 
 SIZE = (160, 48)
 
@@ -123,7 +131,7 @@ async def test_a_target_too_big_for_one_card_is_placed_and_the_pane_says_what_is
         )
         await pilot.press("l")
         await wait_for(pilot, lambda: "cannot launch" in titles(app), "the launch refused")
-        assert app.screen.handle is None
+        assert not app.screen.live_run.busy
         await drag(pilot, "#chip-target", "#card-sim-cuda-0")  # the split holds it
         assert app.screen.board.target == ("sim-cuda:1", "sim-cuda:0")
         await wait_for(pilot, lambda: roles.border_subtitle is None, "the shortfall to go")
@@ -209,19 +217,28 @@ async def test_launch_checks_the_placement_and_options_first():
         app.screen.query_one("#k").value = "lots"
         await pilot.press("l")
         await wait_for(pilot, lambda: any("k must be" in n for n in notes(app)), "a refusal")
-        assert app.screen.handle is None
+        assert not app.screen.live_run.busy
 
 
-async def test_launch_with_tokenizers_that_differ_is_refused():
-    app = make_app()
+async def test_launch_with_tokenizers_that_differ_is_refused(tiny_pair, tmp_path):
+    """The one check reads the folders picked (the same refusal as `specdeck run`)."""
+    from engine.catalog import describe_model
+    from tests.tiny_models import make_tokenizer
+
+    other = tmp_path / "other-tok"
+    shutil.copytree(tiny_pair[1], other)
+    make_tokenizer(other, vocab_size=300)
+    models = tuple(describe_model(folder) for folder in (*tiny_pair, other))
+    app = make_app(models=models)
     async with app.run_test(size=SIZE) as pilot:
         await wait_filled(pilot)
         await pilot.press("t", "c", "enter", "d", "enter")
         app.screen.query_one("#pick-draft").value = 2
         panel = app.screen.query_one(ModelsPanel)
-        await wait_for(pilot, lambda: panel.draft is MODELS[2], "the other draft chosen")
+        await wait_for(pilot, lambda: panel.draft is models[2], "the other draft chosen")
         await pilot.press("l")
         await wait_for(pilot, lambda: any("tokenizers" in n for n in notes(app)), "a refusal")
+        assert "other-tok" in notes(app)[-1] and not app.screen.live_run.busy
 
 
 async def test_run_events_fill_the_acceptance_and_throughput_panes():
@@ -232,14 +249,14 @@ async def test_run_events_fill_the_acceptance_and_throughput_panes():
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
         await wait_filled(pilot)
-        screen.handle = object()
+        as_if_launched(screen)
         for i, (accepted, committed) in enumerate([(3, 4), (5, 6)]):
             step = StepRecord(i, 5, accepted, committed, 0.01, 0.02, 0.005, k=5)
             screen.post_message(
                 RunEventArrived(StepEvent(step, (1, 2), " x", 5.0, 0.8, (1.0, 0.9, 0.8), 120.0))
             )
         screen.post_message(RunEventArrived(DoneEvent({"baseline": {"decode_tokens_per_s": 60.0}})))
-        await wait_for(pilot, lambda: screen.throughput.baseline == 60.0, "the run's end")
+        await wait_for(pilot, lambda: screen.live_run.throughput.baseline == 60.0, "the run's end")
         acceptance = str(Content.from_markup(screen.query_one(AcceptancePane).render()))
         assert "AL last 6" in acceptance and "5.00" in acceptance and "80%" in acceptance
         throughput = str(Content.from_markup(screen.query_one(ThroughputPane).render()))
@@ -295,14 +312,14 @@ async def test_runs_view_lists_and_compares_records(tmp_path):
         await wait_for(pilot, lambda: app.screen.query(DeviceCard), "the main screen again")
 
 
-def test_the_dashboard_never_imports_torch():
+def test_the_dashboard_never_imports_torch_nor_the_run_command():
     code = (
         "import sys, app.commands.dashboard, app.dashboard, app.screens.main, "
-        "app.screens.runs, ipc.runner; print('torch' in sys.modules, "
-        "'transformers' in sys.modules)"
+        "app.screens.runs, app.run_control, ipc.runner, ipc.run_spec; "
+        "print(*(m in sys.modules for m in ('torch', 'transformers', 'app.commands.run')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
+    assert out.stdout.split() == ["False", "False", "False"]
 
 
 def test_models_fixture_is_consistent():
@@ -349,7 +366,7 @@ async def test_after_the_run_decode_now_is_blank_and_the_status_is_on_the_run_pa
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
         await wait_filled(pilot)
-        screen.handle = object()
+        as_if_launched(screen)
         step = StepRecord(0, 5, 3, 4, 0.01, 0.02, 0.005, k=5)
         for event in (
             StatusEvent("target", "decode", "decoding"),
@@ -357,13 +374,13 @@ async def test_after_the_run_decode_now_is_blank_and_the_status_is_on_the_run_pa
         ):
             screen.post_message(RunEventArrived(event))
         controls = screen.query_one("#controls")
-        await wait_for(pilot, lambda: screen.throughput.now is not None, "a step")
+        await wait_for(pilot, lambda: screen.live_run.throughput.now is not None, "a step")
         assert controls.border_subtitle == "target: decode"
         throughput = screen.query_one(ThroughputPane)
         assert "decode now n/a" not in str(Content.from_markup(throughput.render()))
         screen.post_message(RunEventArrived(DoneEvent({"decode_tokens_per_s": 118.0})))
         screen.post_message(RunEventArrived(StatusEvent("run", "done")))
-        await wait_for(pilot, lambda: screen.handle is None, "the run's end")
+        await wait_for(pilot, lambda: not screen.live_run.busy, "the run's end")
         shown = str(Content.from_markup(throughput.render()))
         assert "decode now n/a" in shown and "decode mean 118.0" in shown
         assert controls.border_subtitle == "done"

@@ -12,7 +12,7 @@ from app.screens.main import RunEventArrived
 from app.widgets.controls import RunControls
 from engine.metrics import StepRecord
 from ipc.events import DaemonEvent, LogEvent, StatusEvent, StepEvent
-from tests.app.dashboard_fakes import make_app, wait_filled, wait_for
+from tests.app.dashboard_fakes import as_if_launched, make_app, wait_filled, wait_for
 from themes.specdeck import THEMES
 
 TEXT_CONTRAST = 4.5  # WCAG 1.4.3: text
@@ -85,7 +85,7 @@ async def _a_run_with_everything_on_screen(pilot) -> None:
     await pilot.press("t", "c", "right", "enter", "d", "right", "right", "enter")
     screen = app.screen
     await wait_for(pilot, lambda: screen.board.draft == "sim-hip:0", "the draft on sim-hip:0")
-    screen.handle = object()  # as if launched; the events come as the runner sends them
+    as_if_launched(screen)  # the events come as the runner sends them
     screen.query_one(RunControls).set_running(True)  # Stop enabled, Launch not
     events = [
         DaemonEvent("target", 4242, ("sim-cuda:0",)),
@@ -104,7 +104,7 @@ async def _a_run_with_everything_on_screen(pilot) -> None:
     grid = screen.query_one("#devices")
     grid.card("cpu").drag_over(None)
     grid.card("sim-cuda:1").drag_over("refused")
-    await wait_for(pilot, lambda: screen.throughput.now is not None, "the run's figures")
+    await wait_for(pilot, lambda: screen.live_run.throughput.now is not None, "the run's figures")
     await pilot.pause()
 
 

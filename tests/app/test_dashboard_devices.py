@@ -13,7 +13,7 @@ from app.widgets.devices import DeviceCard, PlacedRole
 from app.widgets.telemetry import HistoryChart
 from backends.base import Device
 from ipc.events import DaemonEvent
-from tests.app.dashboard_fakes import GIB, GPU_PID, make_app, wait_filled, wait_for
+from tests.app.dashboard_fakes import GIB, GPU_PID, as_if_launched, make_app, wait_filled, wait_for
 
 SIZE = (160, 48)
 REFRESH_S = 0.05  # the screen reads the sampler this often in these tests
@@ -114,7 +114,7 @@ async def test_a_daemon_on_a_card_that_runs_on_the_host_shows_its_resident_memor
     pid = resident_child.pid
     async with app.run_test(size=SIZE) as pilot:
         assert app.screen.place("target", device_id)
-        app.screen.handle = object()  # as if launched; the runner reports the daemon's pid
+        as_if_launched(app.screen)  # the runner reports the daemon's pid
         app.screen.post_message(RunEventArrived(DaemonEvent("target", pid, (device_id,))))
         await sample_and_show(
             app, pilot, lambda: "RSS" in "".join(labels(app, device_id)), "the daemon's memory"
@@ -132,7 +132,7 @@ async def test_a_daemon_the_device_reports_shows_the_device_figure_not_its_rss()
     app = make_app(refresh_s=REFRESH_S)
     async with app.run_test(size=SIZE) as pilot:
         assert app.screen.place("target", "sim-cuda:0")
-        app.screen.handle = object()
+        as_if_launched(app.screen)
         app.screen.post_message(RunEventArrived(DaemonEvent("target", GPU_PID, ("sim-cuda:0",))))
         want = [f" TARGET pid {GPU_PID} 3.0 GiB "]
         await sample_and_show(

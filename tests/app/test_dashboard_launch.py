@@ -1,5 +1,7 @@
 """A real launch from the dashboard: daemons start, the panes fill, quitting stops them."""
 
+import os
+import signal
 import time
 
 import psutil
@@ -47,17 +49,19 @@ async def test_launching_the_demo_pair_fills_the_panes_and_quit_stops_the_daemon
         await pilot.press("t", "c", "right", "enter", "d", "right", "right", "enter", "l")
 
         def decoding() -> bool:
-            if screen.handle is not None:
-                pids.update(screen.handle.pids.values())
-            return screen.acceptance.mean_al is not None or any(
+            if screen.live_run.handle is not None:
+                pids.update(screen.live_run.handle.pids.values())
+            return screen.live_run.acceptance.mean_al is not None or any(
                 n.severity == "error" for n in app._notifications
             )
 
         await wait_for(pilot, decoding, "the first steps", RUN_S)
-        assert screen.acceptance.mean_al is not None, [n.message for n in app._notifications]
+        assert screen.live_run.acceptance.mean_al is not None, [
+            n.message for n in app._notifications
+        ]
         figures = str(Content.from_markup(screen.query_one(AcceptancePane).render()))
         assert "mean AL n/a" not in figures
-        assert screen.throughput.now is not None
+        assert screen.live_run.throughput.now is not None
         assert screen.query_one("#output").text
         assert len(pids) == 2
         await pilot.press("ctrl+q")
@@ -89,9 +93,9 @@ async def test_the_output_pane_streams_the_records_text_from_its_first_token(mon
         screen.query_one("#prompt").value = "The capital of France is"
         screen.query_one("#max-new-tokens").value = "24"
         await pilot.press("t", "c", "right", "enter", "d", "right", "right", "enter", "l")
-        await wait_for(pilot, lambda: screen.handle is not None, "the launch")
-        run_id = screen.handle.run_id
-        await wait_for(pilot, lambda: screen.handle is None, "the run's end", RUN_S)
+        await wait_for(pilot, lambda: screen.live_run.handle is not None, "the launch")
+        run_id = screen.live_run.handle.run_id
+        await wait_for(pilot, lambda: not screen.live_run.busy, "the run's end", RUN_S)
         shown = screen.query_one(OutputPane).text
     record = load_run(data_dir(), run_id)
     text = (record.get("summary") or record)["output_text"]
@@ -100,19 +104,25 @@ async def test_the_output_pane_streams_the_records_text_from_its_first_token(mon
     assert shown == text
 
 
-async def test_a_daemon_that_fails_is_a_notification_and_the_screen_goes_on():
-    from tests.app.dashboard_fakes import fake_model, make_app
+async def test_a_daemon_that_dies_is_a_notification_and_the_screen_goes_on(tiny_pair):
+    from engine.catalog import describe_model
+    from tests.app.dashboard_fakes import make_app
 
-    app = make_app(models=(fake_model("gone-target", 0.1), fake_model("gone-draft", 0.05)))
+    app = make_app(models=tuple(describe_model(folder) for folder in tiny_pair))
     async with app.run_test(size=(160, 48)) as pilot:
+        screen = app.screen
         await wait_filled(pilot)
-        await pilot.press("t", "c", "right", "enter", "d", "enter", "l")
-        await wait_for(pilot, lambda: app.screen.handle is not None, "the launch")
-        await wait_for(pilot, lambda: app.screen.handle is None, "the run's end", RUN_S)
+        screen.query_one("#max-new-tokens").value = "900"  # long enough to die mid-run
+        # target on sim-cuda:0, draft on sim-hip:0: a split run over two daemons
+        await pilot.press("t", "c", "right", "enter", "d", "right", "right", "enter", "l")
+        await wait_for(pilot, lambda: "draft" in screen.live_run.daemons, "the draft daemon")
+        os.kill(screen.live_run.daemons["draft"].pid, signal.SIGKILL)
+        await wait_for(pilot, lambda: not screen.live_run.busy, "the run's end", RUN_S)
         failures = [n for n in app._notifications if n.severity == "error"]
-        assert failures and "gone-target" in failures[0].message
-        assert app.screen.handle is None  # launch is possible again
-        assert not app.screen.query_one("#launch").disabled
+        assert failures and failures[0].title == "draft failed", failures
+        assert screen.live_run.outcome == "failed"
+        assert not screen.query_one("#launch").disabled  # launch is possible again
+        assert screen.query_one("#controls").border_subtitle == "failed"
 
 
 @pytest.mark.skipif(not _demo_pair_present(), reason="the bundled demo pair is not built")
@@ -164,13 +174,13 @@ async def test_a_target_that_fits_only_on_two_small_cards_is_built_card_by_card_
             lambda: any(n.title == "cannot launch" for n in app._notifications),
             "the launch refused",
         )
-        assert screen.handle is None
+        assert not screen.live_run.busy
         await place("t", "sim-cuda:3")
         await wait_for(pilot, lambda: roles.border_subtitle is None, "the split to fit")
         await pilot.press("l")
-        await wait_for(pilot, lambda: screen.handle is not None, "the launch")
-        run_id = screen.handle.run_id
-        await wait_for(pilot, lambda: screen.handle is None, "the run's end", RUN_S)
+        await wait_for(pilot, lambda: screen.live_run.handle is not None, "the launch")
+        run_id = screen.live_run.handle.run_id
+        await wait_for(pilot, lambda: not screen.live_run.busy, "the run's end", RUN_S)
     sampler.stop()
     record = load_run(data_dir(), run_id)
     assert record["status"] == "done", record

@@ -6,7 +6,7 @@ from app.screens.main import RunEventArrived
 from app.widgets.devices import DeviceCard
 from engine.metrics import StepRecord
 from ipc.events import DaemonEvent, StepEvent
-from tests.app.dashboard_fakes import make_app, wait_filled, wait_for
+from tests.app.dashboard_fakes import as_if_launched, make_app, wait_filled, wait_for
 
 SIZE = (160, 48)
 SMALLEST = (80, 24)  # the smallest terminal the dashboard is laid out for
@@ -23,7 +23,7 @@ async def _place_and_stream(pilot) -> None:
     await pilot.press("t", "c", "right", "enter", "d", "right", "right", "enter")
     screen = pilot.app.screen
     await wait_for(pilot, lambda: screen.board.draft == "sim-hip:0", "the roles placed")
-    screen.handle = object()  # as if launched; events arrive as the runner sends them
+    as_if_launched(screen)  # events arrive as the runner sends them
     screen.post_message(RunEventArrived(DaemonEvent("target", 4242, ("sim-cuda:0",))))
     pattern = [(4, 5), (2, 3), (5, 6), (3, 4), (1, 2), (4, 5)]
     for i, (accepted, committed) in enumerate(pattern):
@@ -34,7 +34,9 @@ async def _place_and_stream(pilot) -> None:
                 StepEvent(step, (1,), " fib(n - 1)", mean, 0.7, (0.9, 0.8, 0.7, 0.6, 0.4), 230.5)
             )
         )
-    await wait_for(pilot, lambda: len(screen.acceptance.history) == len(pattern), "the steps")
+    await wait_for(
+        pilot, lambda: len(screen.live_run.acceptance.history) == len(pattern), "the steps"
+    )
     screen.query_one("#k").focus()
     await pilot.press("escape")
     await wait_for(pilot, lambda: isinstance(pilot.app.focused, DeviceCard), "the cards focused")

@@ -341,7 +341,7 @@ async def test_the_dashboard_starts_from_the_cli_s_defaults_and_makes_its_contex
         )
         refusal = next(n.message for n in app._notifications if n.title == "cannot launch")
         assert "+ 2500 new + k 6)" in refusal and "a context of 1024 tokens" in refusal
-        assert "use max new tokens " in refusal and app.screen.handle is None
+        assert "use max new tokens " in refusal and not app.screen.live_run.busy
     assert run_options.DEFAULT_PROMPT == "def fibonacci(n):" and defaults.prompt is None
 
 
