@@ -15,13 +15,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from engine.metrics import speedup
-from ipc import events as ev
-
 if TYPE_CHECKING:
     from app.config import Config
     from backends.discovery import Inventory
     from backends.sampler import SampleFeed
+    from ipc import events as ev
     from ipc.run_spec import CheckedRun, RunSpec
 
 RUN_OVER = ("done", "stopped", "failed")
@@ -76,6 +74,8 @@ class ThroughputFigures:
     @property
     def speedup(self) -> float | None:
         """Mean decode throughput over the baseline's, once both are known."""
+        from engine.metrics import speedup  # loads with the first run, not the first frame
+
         return speedup(self.mean, self.baseline)
 
     def after_step(
@@ -288,6 +288,8 @@ class LiveRun:
 
     def apply(self, item: object) -> None:
         """Take in one delivered item (a launch outcome or a run event) and tell the view."""
+        from ipc import events as ev  # loads with the first run, not the first frame
+
         match item:
             case Launched():
                 self._launched(item)

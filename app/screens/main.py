@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING
 
-from textual import events, on, work
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -16,7 +17,6 @@ from textual.widgets import Button, Footer, Header, Input, Select
 
 from app.board import Board, free_memory
 from app.config import data_dir
-from app.run_control import LiveRun
 from app.widgets.controls import BadOption, RunControls
 from app.widgets.devices import (
     DeviceCard,
@@ -34,7 +34,7 @@ from backends.placement import PlacementError
 
 if TYPE_CHECKING:
     from app.config import Config
-    from app.run_control import AcceptanceFigures, RunningDaemon, ThroughputFigures
+    from app.run_control import AcceptanceFigures, LiveRun, RunningDaemon, ThroughputFigures
     from app.widgets.acceptance import AcceptancePane
     from app.widgets.log import EventLog
     from app.widgets.output import OutputPane
@@ -101,14 +101,6 @@ class MainScreen(Screen):
         self.model_dirs = tuple(model_dirs)
         self.refresh_s = refresh_s
         self.board = Board.of(inventory.devices)
-        self.live_run = LiveRun(  # launch, events, stop: plain Python; this screen shows it
-            self,
-            lambda item: self.post_message(RunEventArrived(item)),
-            config=config,
-            sampler=sampler,
-            model_dirs=self.model_dirs,
-            data_dir=data_dir(),
-        )
         self._filled = False  # the parts mounted after the first frame are there
         self._after_fill: list[Callable[[], object]] = []
 
@@ -144,7 +136,7 @@ class MainScreen(Screen):
         self.show_status("idle")
         self.query_one(RolePalette).selected = self.board.selected
         if self.models is not None:
-            self._catalog_loaded(self.models)
+            self.query_one(ModelsPanel).set_models(self.models)
         self.call_after_refresh(self._fill)
 
     async def _fill(self) -> None:
@@ -188,6 +180,20 @@ class MainScreen(Screen):
         for callback in self._after_fill:
             callback()
         self._after_fill.clear()
+
+    @cached_property
+    def live_run(self) -> LiveRun:
+        """The run: launched, followed and stopped in plain Python; this screen shows it."""
+        from app.run_control import LiveRun  # loads at first use, not before the first frame
+
+        return LiveRun(
+            self,
+            lambda item: self.post_message(RunEventArrived(item)),
+            config=self.config,
+            sampler=self.sampler,
+            model_dirs=self.model_dirs,
+            data_dir=data_dir(),
+        )
 
     @property
     def filled(self) -> bool:
@@ -236,32 +242,13 @@ class MainScreen(Screen):
             )
         ]
 
-    # -- catalog -------------------------------------------------------------------------
+    # -- models --------------------------------------------------------------------------
 
     def scan_catalog(self) -> None:
         """Scan the model folders, unless the models were given (the app calls it once the
         first frame is up: the scan's thread would slow that frame down)."""
         if self.models is None:
-            self._load_catalog()
-
-    @work(thread=True, exclusive=True, group="catalog")
-    def _load_catalog(self) -> None:
-        """Scan the model folders off the UI thread."""
-        from engine.catalog import list_models
-
-        dirs = [*self.config.model_dirs, *self.model_dirs]
-        try:
-            found = list_models(dirs)
-        except Exception as exc:  # a broken cache folder must not take the dashboard down
-            self.app.call_from_thread(self.notify, f"model catalog: {exc}", severity="error")
-            found = []
-        self.app.call_from_thread(self._catalog_loaded, found)
-
-    def _catalog_loaded(self, models: Sequence[ModelInfo]) -> None:
-        self.models = tuple(models)
-        panel = self.query_one(ModelsPanel)
-        panel.set_models(self.models)
-        self._models_changed(panel.target, panel.draft)
+            self.query_one(ModelsPanel).scan([*self.config.model_dirs, *self.model_dirs])
 
     @on(ModelsChosen)
     def _on_models_chosen(self, event: ModelsChosen) -> None:

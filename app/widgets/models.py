@@ -3,10 +3,11 @@ a badge saying whether the draft's tokenizer matches the target's."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.markup import escape
@@ -104,6 +105,18 @@ class ModelsPanel(Vertical):
         if self.models != models:  # the catalog came while the pickers were being mounted
             self._show_choices()
 
+    @work(thread=True, exclusive=True, group="catalog")
+    def scan(self, dirs: Sequence[str | os.PathLike]) -> None:
+        """Scan the model folders (the catalog's and `dirs`) off the UI thread, then show them."""
+        from engine.catalog import list_models
+
+        try:
+            found = list_models(dirs)
+        except Exception as exc:  # a broken cache folder must not take the dashboard down
+            self.app.call_from_thread(self.notify, f"model catalog: {exc}", severity="error")
+            found = []
+        self.app.call_from_thread(self.set_models, found)
+
     def set_models(self, models: Sequence[ModelInfo]) -> None:
         """Fill both pickers; the bundled demo pair (or the first two models) is preselected."""
         self.models = tuple(models)
@@ -115,6 +128,7 @@ class ModelsPanel(Vertical):
             self.query_one("#tokenizer-badge", Static).update(
                 "no models found: use --models-dir or [models] dirs in the config"
             )
+        self.post_message(ModelsChosen(self.target, self.draft))
 
     @property
     def target(self) -> ModelInfo | None:

@@ -217,7 +217,14 @@ async def test_launch_checks_the_placement_and_options_first():
         app.screen.query_one("#k").value = "lots"
         await pilot.press("l")
         await wait_for(pilot, lambda: any("k must be" in n for n in notes(app)), "a refusal")
+        # the one check's bounds and sentences, as `specdeck run` has them
+        assert "k must be a whole number from 1 to 64 or 'auto', not 'lots'" in notes(app)
         assert not app.screen.live_run.busy
+        app.screen.query_one("#k").value = "4"
+        app.screen.query_one("#max-new-tokens").value = "0"
+        await pilot.press("l")
+        said = "max new tokens must be from 1 to 1000000, not 0"
+        await wait_for(pilot, lambda: said in notes(app), "the budget refused")
 
 
 async def test_launch_with_tokenizers_that_differ_is_refused(tiny_pair, tmp_path):

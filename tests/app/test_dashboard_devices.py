@@ -81,7 +81,12 @@ async def test_a_device_that_appears_gets_a_card_in_device_order():
     backend = app.inventory.owners["sim-cuda:0"]
     async with app.run_test(size=SIZE) as pilot:
         backend.plug(Device("sim-cuda:2", "cuda", "Simulated NVIDIA H100", 2, True, 80 * GIB))
-        await sample_and_show(app, pilot, lambda: len(card_ids(app)) == 5, "the new card")
+        await sample_and_show(
+            app,
+            pilot,
+            lambda: len(card_ids(app)) == 5 and "sim-cuda:2" in app.screen.board.devices,
+            "the new card, and the board following it",
+        )
 
         assert card_ids(app) == ["cpu", "sim-cuda:0", "sim-cuda:1", "sim-hip:0", "sim-cuda:2"]
         assert app.screen.place("draft", "sim-cuda:2")
