@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
+import threading
+import time
 from typing import Any
 
 
@@ -43,6 +46,16 @@ def build_app(args: argparse.Namespace, app_class: Any = None) -> Any:
     )
 
 
+QUIT_DEADLINE_S = 30.0  # stopping a run takes up to 15 s; a terminal that is gone may hang
+
+
+def _end_after(signum: int) -> None:
+    """End the process if the quit a signal asked for has not ended it in time (the terminal
+    it drew on is gone, say); the run was stopped on the way, its record kept."""
+    time.sleep(QUIT_DEADLINE_S)
+    os._exit(128 + signum)
+
+
 def freeze_startup_heap() -> None:
     """Keep the garbage collector off the objects every import so far has made.
 
@@ -61,11 +74,16 @@ def main(args: argparse.Namespace) -> int:
     received: list[int] = []
 
     def quit_on_signal(signum: int) -> None:
+        # never raise here: an exception thrown into Textual's threads' queues mid-operation
+        # can deadlock its shutdown; hand the quit to the loop, and make sure it ends
         received.append(signum)
-        if app._loop is None:
-            raise Terminated(signum)  # not running yet, or already ending
-        # the handler runs between two bytecodes of the loop's thread: hand over, safely
-        app._loop.call_soon_threadsafe(app.exit)
+        if app._loop is not None:
+            # the handler runs between two bytecodes of the loop's thread: hand over, safely
+            app._loop.call_soon_threadsafe(app.exit)
+        if len(received) == 1:
+            threading.Thread(
+                target=_end_after, args=(signum,), name="signal-deadline", daemon=True
+            ).start()
 
     call_on_stop_signals(quit_on_signal)
     try:

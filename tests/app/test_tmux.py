@@ -152,3 +152,24 @@ def test_a_stop_signal_quits_the_dashboard_as_q_does(tmp_path, sig, status):
     finally:
         tmux("kill-server")
         shutil.rmtree(run_dirs, ignore_errors=True)
+
+
+def test_the_dashboard_ends_when_its_terminal_goes_away(tmp_path):
+    tmux = Tmux(f"specdeck-test-{os.getpid()}")
+    env = {
+        "SPECDECK_CONFIG": str(tmp_path / "config.toml"),
+        "SPECDECK_DATA_DIR": str(tmp_path / "data"),
+        "PYTHONPATH": str(ROOT),
+    }
+    exports = " ".join(f"{k}={v}" for k, v in env.items())
+    command = f"cd {ROOT} && env -u COLUMNS -u LINES {exports} {sys.executable} -m app.cli"
+    tmux("new-session", "-d", "-s", "deck", "-x", "160", "-y", "48", command)
+    try:
+        shell = psutil.Process(int(tmux("display", "-p", "-t", "deck", "#{pane_pid}").strip()))
+        tmux.wait_for(r"tokenizers match", timeout=20)
+        (specdeck,) = [p for p in shell.children() if "app.cli" in " ".join(p.cmdline())]
+    finally:
+        tmux("kill-server")  # the terminal closes: SIGHUP, then writes to a dead tty
+    # a quit that hangs on the dead terminal is ended by the signal's deadline (30 s)
+    _, left = psutil.wait_procs([specdeck], timeout=60)
+    assert not left, "the dashboard outlived its terminal"
