@@ -230,6 +230,8 @@ class LiveRun:
         self._checking = False  # a launch is being checked; no handle yet
         self._order = threading.Lock()  # a run's events queue up behind its Launched
         self._closed = False  # quitting: no run starts any more
+        self._sent = 0  # the run's events handed to `deliver` (on the run's thread)
+        self._taken = 0  # and those `apply` has taken in since (on the view's thread)
 
     @property
     def busy(self) -> bool:
@@ -246,6 +248,7 @@ class LiveRun:
             self.view.notify("a run is already going on; stop it first", severity="warning")
             return False
         self._checking = True
+        self._taken = 0
         threading.Thread(
             target=self._check_and_start, args=(spec, inventory), name="launch", daemon=True
         ).start()
@@ -277,9 +280,10 @@ class LiveRun:
                 pass
 
     def notice_end(self) -> None:
-        """End the run on screen if its handle has finished though its last event never came."""
+        """End the run on screen if its handle has finished though its last event never came
+        (none is still on its way to `apply`)."""
         handle = self.handle
-        if handle is None or not handle.finished:
+        if handle is None or not handle.finished or self._taken < self._sent:
             return
         if handle.error is not None:
             self._run_over("failed")
@@ -290,6 +294,8 @@ class LiveRun:
         """Take in one delivered item (a launch outcome or a run event) and tell the view."""
         from ipc import events as ev  # loads with the first run, not the first frame
 
+        if not isinstance(item, Launched | LaunchRefused | LaunchFailed):
+            self._taken += 1
         match item:
             case Launched():
                 self._launched(item)
@@ -352,6 +358,7 @@ class LiveRun:
             if self._closed:  # the dashboard is quitting: no daemon may start now
                 self.deliver(LaunchFailed("the dashboard is closing"))
                 return
+            self._sent = 0
             try:
                 handle = start_run(
                     run,
@@ -369,7 +376,8 @@ class LiveRun:
     def _relay(self, event: ev.RunEvent) -> None:
         """Hand a run event on from the run's thread, never ahead of its Launched."""
         with self._order:
-            self.deliver(event)
+            if self.deliver(event) is not False:  # False: the view could not take it
+                self._sent += 1
 
     # -- on the view's thread -----------------------------------------------------------------
 

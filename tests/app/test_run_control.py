@@ -216,11 +216,19 @@ def test_events_become_figures_status_and_notices(tmp_path):
     assert live.outcome == "failed" and not live.busy
 
 
-def test_a_finished_run_whose_last_event_was_lost_still_ends(tmp_path):
-    live, view, _ = live_run(tmp_path)
+def test_a_finished_run_ends_on_its_last_event_or_without_one_that_was_lost(tmp_path):
+    live, view, delivered = live_run(tmp_path)
     live.handle = handle = FakeRunHandle()
     live.notice_end()
     assert live.busy  # still going on
     handle.finished = True
+    live._relay(ev.StatusEvent("run", "done"))  # as the runner calls it, from its thread
     live.notice_end()
-    assert not live.busy and live.outcome == "stopped" and view.statuses == ["stopped"]
+    assert live.busy  # its last event is on the way: that one ends it
+    live.apply(delivered.get_nowait())
+    assert not live.busy and live.outcome == "done" and view.statuses[-1] == "done"
+
+    live.handle = handle = FakeRunHandle()  # a second run whose last event never comes
+    handle.finished = True
+    live.notice_end()
+    assert not live.busy and live.outcome == "stopped" and view.statuses[-1] == "stopped"
