@@ -15,9 +15,10 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from backends.base import Device, Sample
+from backends.base import Device
+from backends.discovery import DeviceInventory as Inventory
 from backends.placement import (
     Placement,
     PlacementError,
@@ -48,14 +49,6 @@ INTERPRETER_CHECK_S = 60.0  # a cold interpreter on a slow disk imports numpy an
 
 class BadSetup(EngineInputError):
     """A configured interpreter that cannot start a daemon; one line naming the config key."""
-
-
-class Inventory(Protocol):
-    """What the check needs of `backends.discovery.Inventory`."""
-
-    devices: tuple[Device, ...]
-
-    def sample(self, device: Device) -> Sample: ...
 
 
 @dataclass(frozen=True)
@@ -172,11 +165,6 @@ class CheckedRun:
     @property
     def simulated_devices(self) -> list[str]:
         return sorted(i for i, d in self.devices.items() if d.simulated)
-
-    def python_for(self, devices: Iterable[Device]) -> str | None:
-        """The interpreter the config names for these devices' backend (simulated: cpu)."""
-        first = next(iter(devices))
-        return self.backend_python.get("cpu" if first.simulated else first.backend)
 
 
 # -- the bounds of each option, checked here once ------------------------------------------
