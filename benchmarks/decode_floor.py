@@ -72,30 +72,16 @@ class Report:
 
 def make_model(torch, shape: str, folder: Path | None, device: str):
     """A random model of `shape` on the GPU (bf16), saved to `folder` when given."""
-    from make_random_model import SHAPES, write_tokenizer
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from make_random_model import qwen3_config, write_tokenizer
+    from transformers import Qwen3ForCausalLM
 
-    hidden, inter, layers, heads, kv, vocab, head_dim = SHAPES[shape]
-    config = Qwen3Config(
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        head_dim=head_dim,
-        vocab_size=vocab,
-        max_position_embeddings=8192,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=1,
-        pad_token_id=0,
-    )
+    config = qwen3_config(shape)
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen3ForCausalLM(config).to(torch.bfloat16).eval()
     if folder is not None and not (folder / "config.json").exists():
         model.save_pretrained(folder, max_shard_size="4GB")
-        write_tokenizer(folder, vocab)
+        write_tokenizer(folder, config.vocab_size)
     return model
 
 

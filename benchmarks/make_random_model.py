@@ -33,18 +33,12 @@ def write_tokenizer(out: Path, vocab_size: int) -> None:
     fast.save_pretrained(out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-8b")
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--device", default="cuda:0", help="where to initialise the weights")
-    args = parser.parse_args()
+def qwen3_config(shape: str, **extra: object):
+    """A Qwen3 config of one of SHAPES' sizes (untied head, 8K context)."""
+    from transformers import Qwen3Config
 
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    hidden, inter, layers, heads, kv, vocab, head_dim = SHAPES[args.shape]
-    config = Qwen3Config(
+    hidden, inter, layers, heads, kv, vocab, head_dim = SHAPES[shape]
+    return Qwen3Config(
         hidden_size=hidden,
         intermediate_size=inter,
         num_hidden_layers=layers,
@@ -57,8 +51,22 @@ def main() -> None:
         bos_token_id=1,
         eos_token_id=1,
         pad_token_id=0,
-        torch_dtype="bfloat16",
+        **extra,
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-8b")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--device", default="cuda:0", help="where to initialise the weights")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    config = qwen3_config(args.shape, torch_dtype="bfloat16")
+    vocab = config.vocab_size
     start = time.perf_counter()
     torch.manual_seed(0)
     with torch.device(args.device):
