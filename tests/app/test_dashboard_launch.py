@@ -117,10 +117,13 @@ async def test_a_daemon_that_dies_is_a_notification_and_the_screen_goes_on(tiny_
         await pilot.press("t", "c", "right", "enter", "d", "right", "right", "enter", "l")
         await wait_for(pilot, lambda: "draft" in screen.live_run.daemons, "the draft daemon")
         os.kill(screen.live_run.daemons["draft"].pid, signal.SIGKILL)
+        # a notification lives 10 s: look for it while it is on screen
+        said = lambda: [n.title for n in app._notifications if n.severity == "error"]  # noqa: E731
+        await wait_for(pilot, lambda: "draft failed" in said(), "the draft's death said", RUN_S)
         await wait_for(pilot, lambda: not screen.live_run.busy, "the run's end", RUN_S)
-        failures = [n for n in app._notifications if n.severity == "error"]
-        assert failures and failures[0].title == "draft failed", failures
         assert screen.live_run.outcome == "failed"
+        died = [e for e in screen.event_log.entries if e.level == "error" and e.role == "draft"]
+        assert died, [e.text for e in screen.event_log.entries]
         assert not screen.query_one("#launch").disabled  # launch is possible again
         assert screen.query_one("#controls").border_subtitle == "failed"
 
