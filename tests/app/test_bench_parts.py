@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from backends.placement import PlacementError
-from engine.errors import EngineInputError
 from app.bench.placements import parse_placements
 from app.bench.report import markdown, table_rows
 from app.bench.suites import BenchPrompt, select_prompts, suite_prompts
+from backends.placement import PlacementError
+from engine.errors import EngineInputError
 from engine.metrics import pooled_figures
 
 GOOD = """
