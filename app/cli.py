@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-from app.signals import exit_status, raise_on_stop_signals
+from app.signals import exit_status, raising_on_stop_signals
 from ipc.records import RecordWriteError
 from ipc.run_spec import (
     DEFAULT_K,
@@ -207,9 +207,16 @@ def main(argv: list[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else 0
     args.models_dir = [*args.models_dir, *getattr(args, "models_dir_after", [])]
     name = args.command or "dashboard"
+    if name == "daemon":  # the supervisor ends its daemons itself
+        return _run_command(args, name)
+    with raising_on_stop_signals():
+        return _run_command(args, name)
+
+
+def _run_command(args: argparse.Namespace, name: str) -> int:
+    """One command, its user errors turned into one line and an exit status."""
     try:
         if name != "daemon":
-            raise_on_stop_signals()
             clean_up_after_killed_runs()
         if args.config is not None:  # a named config must be readable, whatever the command
             from app.config import load_config

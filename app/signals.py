@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -16,14 +17,20 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-def raise_on_stop_signals() -> None:
-    """Make SIGTERM and SIGHUP raise `Terminated` in the main thread, as SIGINT does."""
+@contextlib.contextmanager
+def raising_on_stop_signals() -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP raise `Terminated` in the main thread, as SIGINT does;
+    the handlers before are put back after (main() may be called as a library)."""
 
     def stop(signum: int, _frame: object) -> None:
         raise Terminated(signum)
 
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, stop)
+    before = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def call_on_stop_signals(callback: Callable[[int], None]) -> None:

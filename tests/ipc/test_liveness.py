@@ -15,6 +15,18 @@ from tests.ipc.test_runner import Quiet, alive, request
 LIVENESS_S = 1.0
 
 
+def start_long_run(tiny_pair, tmp_path, seen):
+    """A split run of 900 tokens at k = 1 (many steps) with the short liveness deadline."""
+    return start_run(
+        request(tiny_pair, max_new_tokens=900, k=1),
+        inventory=discover(),
+        sampler=Quiet(),
+        on_event=seen.append,
+        data_dir=tmp_path,
+        liveness_s=LIVENESS_S,
+    )
+
+
 def wait_for_step(seen, handle, limit_s=120):
     deadline = time.monotonic() + limit_s
     while not any(isinstance(e, ev.StepEvent) for e in seen) and not handle.finished:
@@ -24,14 +36,7 @@ def wait_for_step(seen, handle, limit_s=120):
 
 def test_a_split_run_decoding_far_past_the_liveness_deadline_finishes(tiny_pair, tmp_path):
     seen = []
-    handle = start_run(
-        request(tiny_pair, max_new_tokens=900, k=1),
-        inventory=discover(),
-        sampler=Quiet(),
-        on_event=seen.append,
-        data_dir=tmp_path,
-        liveness_s=LIVENESS_S,
-    )
+    handle = start_long_run(tiny_pair, tmp_path, seen)
     result = handle.wait(300)
     assert handle.error is None, handle.error.text
     assert result["new_tokens"] == 900
@@ -46,14 +51,7 @@ def test_a_split_run_decoding_far_past_the_liveness_deadline_finishes(tiny_pair,
 @pytest.mark.parametrize("role", ["draft", "target"])
 def test_a_stopped_daemon_is_declared_gone_by_name(tiny_pair, tmp_path, role):
     seen = []
-    handle = start_run(
-        request(tiny_pair, max_new_tokens=900, k=1),
-        inventory=discover(),
-        sampler=Quiet(),
-        on_event=seen.append,
-        data_dir=tmp_path,
-        liveness_s=LIVENESS_S,
-    )
+    handle = start_long_run(tiny_pair, tmp_path, seen)
     wait_for_step(seen, handle)
     pid = handle.pids[role]
     os.kill(pid, signal.SIGSTOP)
