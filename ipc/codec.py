@@ -192,6 +192,24 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "log": Schema(required={"role": "str", "level": "str", "text": "str"}),
     "done": Schema(required={"result": "map"}, optional={"role": "str"}, rule=_generation_problem),
+    # a run's watch endpoint (XPUB, ipc.watch): its header, its events and device samples
+    "run": Schema(
+        required={
+            "run_id": "str",
+            "target_model": "str",
+            "draft_model": "str",
+            "placement": "map",
+            "mode": "str",
+            "options": "map",
+            "record_dir": "str",
+            "pid": "int",
+            "host": "str",
+            "started": "float",
+            "seq": "count",
+        }
+    ),
+    "event": Schema(required={"seq": "count", "kind": "str", "event": "map"}),
+    "sample": Schema(required={"sample": "map"}),
 }
 
 

@@ -173,6 +173,11 @@ class RunRecorder:
         self._devices.append(_csv_line(DEVICE_COLUMNS))
         self._write_run()
 
+    @property
+    def options(self) -> dict:
+        """The run's options as recorded."""
+        return dict(self._run["options"])
+
     def step(self, step: StepRecord, mean_acceptance_length: float | None) -> None:
         """Append one step line; raises RecordWriteError once any write of the record failed."""
         line = {**asdict(step), "mean_acceptance_length": mean_acceptance_length}

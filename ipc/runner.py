@@ -24,6 +24,7 @@ from ipc.launch import DaemonLaunch, PlacedRole, daemon_launch
 from ipc.records import RecordError, RunRecorder
 from ipc.run_spec import CheckedRun
 from ipc.supervisor import HEARTBEAT_S, LIVENESS_S, Daemon, Incoming, Supervisor, exit_text
+from ipc.watch import RunHeader, WatchError, WatchPublisher
 
 if TYPE_CHECKING:
     from backends.discovery import Inventory
@@ -172,10 +173,13 @@ class _Run:
         self.failure: ev.ErrorEvent | None = None
         self.warming = False  # the warm-up generation's events are not the run's
         self.documents: list[dict] = []  # one generation document per prompt done
+        self.watch: WatchPublisher | None = None  # the run's watch endpoint, once open
 
     def emit(self, event: ev.RunEvent) -> None:
         with contextlib.suppress(Exception):  # a watcher's bug must not kill the run
             self.on_event(event)
+        if self.watch is not None:
+            self.watch.publish(event)  # never blocks: readers in other processes
 
     def main(self) -> None:
         own_sampler, unsubscribe = self._start_sampling()
@@ -186,6 +190,7 @@ class _Run:
                 heartbeat_s=min(HEARTBEAT_S, self.liveness_s / 6),
                 liveness_s=self.liveness_s,
             )
+            self._open_watch(supervisor.run_dir)
             self._launch(supervisor)
             self._drive(supervisor)
         except RecordError as exc:  # a full disk: the record says what it can, the run ends
@@ -469,12 +474,42 @@ class _Run:
         def record(sample: Any) -> None:
             if sample.device_id in wanted:
                 self.recorder.sample(sample)
+                if self.watch is not None:
+                    self.watch.publish(sample)
 
         unsubscribe = sampler.subscribe(record)
         if not callable(unsubscribe):
             unsubscribe = getattr(sampler, "unsubscribe", None)
             unsubscribe = (lambda: sampler.unsubscribe(record)) if unsubscribe else None
         return own, unsubscribe
+
+    def _open_watch(self, run_dir: Path) -> None:
+        """Open the run's watch endpoint in its run dir (`ipc.watch`); a run goes on without."""
+        from ipc.owners import process_identity
+
+        try:
+            owner, header = process_identity(), self._header()
+            publisher = WatchPublisher(
+                run_dir,
+                RunHeader(
+                    run_id=self.handle.run_id,
+                    target_model=header["target_model"],
+                    draft_model=header["draft_model"],
+                    placement=header["placement"],
+                    mode=header["mode"],
+                    options=self.recorder.options,
+                    record_dir=str(self.recorder.folder),
+                    pid=owner["pid"],
+                    host=owner["host"],
+                    started=owner["started"],
+                ),
+            )
+            publisher.start()
+        except Exception as exc:  # WatchError, or a bug: either way the run goes on unwatched
+            text = str(exc) if isinstance(exc, WatchError) else f"{type(exc).__name__}: {exc}"
+            self.emit(ev.LogEvent("warning", f"{text}; the run cannot be watched", "run"))
+            return
+        self.watch = publisher
 
     def _set_phase(self, phase: str) -> None:
         if self.sampler is not None:
@@ -501,6 +536,8 @@ class _Run:
                     self.emit(ev.DoneEvent(self.result))
                 self.emit(ev.StatusEvent("run", handle.state))
         finally:
+            if self.watch is not None:  # its last events reach the readers before the end
+                self.watch.close()
             handle._done.set()
 
     @property
