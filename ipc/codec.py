@@ -191,6 +191,8 @@ SCHEMAS: dict[str, Schema] = {
         arrays={"token_ids": ("i", 1)},
     ),
     "log": Schema(required={"role": "str", "level": "str", "text": "str"}),
+    # over tcp: the endpoint a daemon's socket really bound (its port was ephemeral)
+    "bound": Schema(required={"role": "str", "socket": "str", "endpoint": "str"}),
     "done": Schema(required={"result": "map"}, optional={"role": "str"}, rule=_generation_problem),
     # a run's watch endpoint (XPUB, ipc.watch): its header, its events and device samples
     "run": Schema(

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import zmq
 
-from ipc import codec
+from ipc import codec, transport
+from ipc.transport import PartyKeys
 
 PR_SET_PDEATHSIG = 1
 SUBSCRIBER_WAIT_S = 5.0
@@ -44,6 +45,7 @@ class DaemonSpec:
     draft_trust_remote_code: bool = False
     draft_endpoint: str = ""  # target in split mode: the draft daemon's ROUTER
     draft_timeout_s: float = 600.0
+    transport: str = "ipc"  # "tcp": CURVE keys come on stdin, the bound port goes out as `bound`
     extra: dict = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
@@ -102,11 +104,19 @@ class Telemetry:
     looks like a hang; every event it sends counts as a sign of life too.
     """
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, role: str, heartbeat_s: float) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        role: str,
+        heartbeat_s: float,
+        sockopts: dict | None = None,
+    ) -> None:
         self.role = role
         self._ctx = ctx
         self._endpoint = endpoint
         self._heartbeat_s = heartbeat_s
+        self._sockopts = sockopts or {}  # tcp: CURVE client of the supervisor's SUB
         self._queue: queue.Queue[list[bytes] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
         self._thread.start()
@@ -133,7 +143,8 @@ class Telemetry:
         sock = self._ctx.socket(zmq.XPUB)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.LINGER, 2000)
-        sock.connect(self._endpoint)
+        transport.apply(sock, self._sockopts)
+        transport.connect(sock, self._endpoint)
         # an XPUB sees the subscription arrive, so no event is lost to a slow joiner
         if sock.poll(int(SUBSCRIBER_WAIT_S * 1000), zmq.POLLIN):
             sock.recv()
@@ -188,15 +199,26 @@ def torch_problem(spec: DaemonSpec) -> str | None:
     return None
 
 
-def open_daemon(spec: DaemonSpec) -> tuple[Telemetry, zmq.Socket]:
-    """Watch the parent, open telemetry and the control socket, and say the model is loading."""
+def open_daemon(spec: DaemonSpec, keys: PartyKeys | None = None) -> tuple[Telemetry, zmq.Socket]:
+    """Watch the parent, open telemetry and the control socket, and say the model is loading.
+
+    Over tcp (`keys` given) both are CURVE sockets: the ROUTER admits only the run's keys and
+    its ephemeral port goes to the supervisor as a `bound` event.
+    """
     watch_parent(spec.parent_pid, spec.pdeathsig)
     ctx = zmq.Context()
-    telemetry = Telemetry(ctx, spec.telemetry_endpoint, spec.role, spec.heartbeat_s)
+    if keys is not None:
+        transport.start_authenticator(ctx, keys)  # before the bind: no handler admits anyone
+    client = keys.client_options("supervisor") if keys is not None else None
+    telemetry = Telemetry(ctx, spec.telemetry_endpoint, spec.role, spec.heartbeat_s, client)
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)  # a bigger frame drops its peer
-    sock.bind(spec.control_endpoint)
+    if keys is not None:
+        transport.apply(sock, keys.server_options())
+    bound = transport.bind(sock, spec.control_endpoint)
+    if keys is not None:
+        telemetry.emit("bound", {"socket": "control", "endpoint": bound})
     telemetry.status("loading", f"loading {spec.model} on {', '.join(spec.device_ids)}")
     problem = torch_problem(spec)
     if problem:

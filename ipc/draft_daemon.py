@@ -21,6 +21,7 @@ from ipc.daemon_runtime import (
     start_failed,
     torch_build,
 )
+from ipc.transport import PartyKeys
 
 MAX_K = codec.MAX_DRAFT_TOKENS
 MAX_CONTEXT = 1 << 20  # tokens a prepare may size a cache for
@@ -235,10 +236,10 @@ def load_drafter(model: str, torch_devices: tuple[str, ...], trust_remote_code: 
     return LocalDrafter(loaded), loaded
 
 
-def main(spec: DaemonSpec) -> int:
+def main(spec: DaemonSpec, keys: PartyKeys | None = None) -> int:
     """Run the draft daemon until shutdown; 1 with a one-line error when it cannot start."""
     try:
-        telemetry, sock = open_daemon(spec)
+        telemetry, sock = open_daemon(spec, keys)
     except DaemonStartError:
         return 1
     try:

@@ -7,6 +7,7 @@ A placed role (a role, its model, the Devices it was placed on) becomes a `Daemo
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Mapping
@@ -17,26 +18,31 @@ from types import MappingProxyType
 from backends.base import Device
 from backends.visibility import process_backend, torch_devices, visibility_env
 from ipc.daemon_runtime import DaemonSpec
+from ipc.transport import IPC, PartyKeys, RunKeys, Transport
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # on every daemon's PYTHONPATH
 
 
 @dataclass(frozen=True)
 class LaunchSite:
-    """Where a supervisor starts its daemons: its private run dir, their logs, its heartbeat."""
+    """Where a supervisor starts its daemons: its private run dir, their logs, its heartbeat,
+    and how their sockets reach each other (over tcp: the run's keys, the bound telemetry)."""
 
     run_dir: Path  # mode 0700; the daemons' sockets, specs and working directory
     log_dir: Path
     heartbeat_s: float
+    transport: Transport = IPC
+    keys: RunKeys | None = field(default=None, repr=False)  # tcp: one keypair per party
+    telemetry: str = ""  # tcp: the endpoint the supervisor's SUB really bound
 
     def endpoint(self, name: str) -> str:
-        """An `ipc://` endpoint in the run dir."""
-        return f"ipc://{self.run_dir}/{name}"
+        """Where a socket named `name` binds: `ipc://` in the run dir, or `tcp://HOST:0`."""
+        return self.transport.bind_endpoint(self.run_dir, name)
 
     @property
     def telemetry_endpoint(self) -> str:
         """The supervisor's SUB socket, which every daemon's telemetry connects to."""
-        return self.endpoint("telemetry")
+        return self.telemetry or self.endpoint("telemetry")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class DaemonLaunch:
     spec_path: Path
     log_path: Path  # the daemon's stdout and stderr
     cwd: Path
+    keys: PartyKeys | None = field(default=None, repr=False)  # tcp: handed over on its stdin
 
     @property
     def role(self) -> str:
@@ -83,11 +90,13 @@ def daemon_launch(
     config_path: str = "",
     local_draft: PlacedRole | None = None,
     draft_endpoint: str = "",
+    bind_host: str | None = None,
 ) -> DaemonLaunch:
     """The launch of one placed role under a supervisor's site.
 
     A target gets `local_draft` (in-process: the draft loads beside it, on one of its
-    devices) or `draft_endpoint` (split: the draft daemon's control socket), not both.
+    devices) or `draft_endpoint` (split: the draft daemon's control socket, as bound), not
+    both. Over tcp the daemon binds on `bind_host` (default: the site's host), port 0.
     Build it on the thread that starts it: the kernel's parent-death signal follows that thread.
     """
     if local_draft is not None and draft_endpoint:
@@ -112,7 +121,7 @@ def daemon_launch(
         torch_devices=tuple(names),
         backend=devices[0].backend,
         simulated=any(d.simulated for d in devices),
-        control_endpoint=site.endpoint(f"{placed.role}-control"),
+        control_endpoint=_control_endpoint(site, placed.role, bind_host),
         telemetry_endpoint=site.telemetry_endpoint,
         parent_pid=os.getpid(),
         pdeathsig=threading.current_thread() is threading.main_thread(),
@@ -120,6 +129,7 @@ def daemon_launch(
         config_path=config_path,
         heartbeat_s=site.heartbeat_s,
         draft_endpoint=draft_endpoint,
+        transport=site.transport.kind,
         **beside,
     )
     spec_path = site.run_dir / f"{placed.role}.json"
@@ -138,7 +148,39 @@ def daemon_launch(
         spec_path=spec_path,
         log_path=site.log_dir / f"{placed.role}.log",
         cwd=site.run_dir,
+        keys=site.keys.party(placed.role) if site.transport.is_tcp and site.keys else None,
     )
+
+
+def spawn(launch: DaemonLaunch) -> subprocess.Popen:
+    """Start a launch as it is: spec written, output to its log, its keys (tcp) on its stdin."""
+    if launch.spec.transport == "tcp" and launch.keys is None:
+        raise ValueError(f"the {launch.role} daemon's tcp launch holds no keys")
+    launch.spec.save(launch.spec_path)
+    with open(launch.log_path, "ab") as log:
+        # a session of its own: Ctrl-C in the terminal reaches specdeck, which stops it
+        popen = subprocess.Popen(
+            list(launch.argv),
+            env=dict(launch.env),
+            stdin=subprocess.DEVNULL if launch.keys is None else subprocess.PIPE,
+            stdout=log,
+            stderr=log,
+            cwd=str(launch.cwd),
+            start_new_session=True,
+        )
+    if launch.keys is not None:
+        try:  # a pipe: the secret key is never on disk, in argv or in the environment
+            popen.stdin.write(launch.keys.to_line())
+            popen.stdin.close()
+        except BrokenPipeError:
+            pass  # it died at once; its exit status tells the supervisor
+    return popen
+
+
+def _control_endpoint(site: LaunchSite, role: str, bind_host: str | None) -> str:
+    if bind_host is None or not site.transport.is_tcp:
+        return site.endpoint(f"{role}-control")
+    return Transport("tcp", bind_host).bind_endpoint(site.run_dir, f"{role}-control")
 
 
 def _absolute(model: str) -> str:

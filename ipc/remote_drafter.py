@@ -11,7 +11,7 @@ import numpy as np
 import zmq
 
 from engine.drafter import Drafter, Proposal
-from ipc import codec
+from ipc import codec, transport
 
 PREPARE_TIMEOUT_S = 600.0  # capturing a large draft's graphs takes a while
 
@@ -45,6 +45,7 @@ class RemoteDrafter(Drafter):
         timeout_s: float = 60.0,
         context: zmq.Context | None = None,
         name: str = "draft daemon",
+        sockopts: dict | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
@@ -62,7 +63,8 @@ class RemoteDrafter(Drafter):
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
-        self._sock.connect(endpoint)
+        transport.apply(self._sock, sockopts or {})  # tcp: a CURVE client of the draft daemon
+        transport.connect(self._sock, endpoint)
 
     def hello(self, timeout_s: float | None = None) -> dict[str, Any]:
         """Handshake: the daemon's protocol, model, tokenizer fingerprint, devices and torch."""

@@ -27,6 +27,7 @@ from backends.placement import (
     parse_device_ids,
 )
 from engine.errors import EngineInputError
+from ipc.transport import TRANSPORTS
 
 if TYPE_CHECKING:
     from engine.catalog import ModelInfo
@@ -67,6 +68,7 @@ class RunSpec:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     baseline: bool = False
     trust_remote_code: bool = False  # for both models (the config can trust one by name)
+    transport: str = "ipc"  # or "tcp": loopback tcp with CURVE (ipc.transport), tests and benches
     warmup_tokens: int = WARMUP_TOKENS
     decoder: str = "speculative"  # or "hf-assisted": transformers' own, the bench's peer
     pooled: bool = False  # a bench session: the document pools its prompts, even just one
@@ -120,6 +122,11 @@ class CheckedRun:
     @property
     def decoder(self) -> str:
         return self.spec.decoder
+
+    @property
+    def transport(self) -> str:
+        """How the daemons' sockets reach each other: "ipc" or "tcp" (CURVE)."""
+        return self.spec.transport
 
     @property
     def prompt_list(self) -> tuple[str, ...]:
@@ -218,6 +225,8 @@ def check_options(spec: RunSpec, names: Mapping[str, str] | None = None) -> int 
         raise EngineInputError("the prompt is empty")
     if spec.decoder not in ("speculative", "hf-assisted"):
         raise EngineInputError(f"unknown decoder {spec.decoder!r} (speculative or hf-assisted)")
+    if spec.transport not in TRANSPORTS:
+        raise EngineInputError(f"unknown transport {spec.transport!r} (ipc or tcp)")
     if not 0 <= spec.warmup_tokens <= spec.max_new_tokens + WARMUP_TOKENS:
         raise EngineInputError(f"warm-up of {spec.warmup_tokens} tokens is out of bounds")
     return k

@@ -24,6 +24,7 @@ from ipc.launch import DaemonLaunch, PlacedRole, daemon_launch
 from ipc.records import RecordError, RunRecorder
 from ipc.run_spec import CheckedRun
 from ipc.supervisor import HEARTBEAT_S, LIVENESS_S, Daemon, Incoming, Supervisor, exit_text
+from ipc.transport import IPC, Transport
 from ipc.watch import RunHeader, WatchError, WatchPublisher
 
 if TYPE_CHECKING:
@@ -98,10 +99,12 @@ def start_run(
     on_event: Callable[[ev.RunEvent], None] | None = None,
     data_dir: str | os.PathLike | None = None,
     liveness_s: float = LIVENESS_S,
+    transport: Transport | None = None,
 ) -> RunHandle:
     """Launch the daemons of one run and return at once; the run goes on in a thread.
 
-    A ready daemon that says nothing for `liveness_s` ends the run as failed.
+    A ready daemon that says nothing for `liveness_s` ends the run as failed. The daemons'
+    sockets are `transport`'s (default: the request's, tcp on 127.0.0.1).
     """
     placement = request.placement
     recorder = RunRecorder(  # it picks the run id: the one whose folder it could claim
@@ -136,6 +139,7 @@ def start_run(
         on_event or (lambda event: None),
         request.config_path,
         liveness_s,
+        transport or Transport(request.transport),
     )
     handle._thread = threading.Thread(target=run.main, name=f"run-{run_id}", daemon=True)
     handle._thread.start()
@@ -156,8 +160,10 @@ class _Run:
         on_event: Callable[[ev.RunEvent], None],
         config_path: str,
         liveness_s: float,
+        transport: Transport = IPC,
     ) -> None:
         self.request = request
+        self.transport = transport
         self.handle = handle
         self.recorder = recorder
         self.inventory = inventory
@@ -189,6 +195,7 @@ class _Run:
                 log_dir=self.recorder.folder,
                 heartbeat_s=min(HEARTBEAT_S, self.liveness_s / 6),
                 liveness_s=self.liveness_s,
+                transport=self.transport,
             )
             self._open_watch(supervisor.run_dir)
             self._launch(supervisor)
@@ -223,9 +230,12 @@ class _Run:
             "draft", req.draft_model, tuple(req.devices_of([placement.draft])), req.draft_trust
         )
         if req.mode == "split":
-            draft_launch = self._launch_of(supervisor, draft)
-            self._start(supervisor, draft_launch)
-            endpoint = draft_launch.spec.control_endpoint
+            self._start(supervisor, self._launch_of(supervisor, draft))
+            try:  # over tcp the draft's port is known once it has bound
+                endpoint = supervisor.control_endpoint("draft")
+            except RuntimeError as exc:
+                self.failure = ev.ErrorEvent("draft", str(exc))
+                return
             self._start(supervisor, self._launch_of(supervisor, target, draft_endpoint=endpoint))
         else:
             self._start(supervisor, self._launch_of(supervisor, target, local_draft=draft))

@@ -16,15 +16,18 @@ from pathlib import Path
 import zmq
 
 from ipc import codec
+from ipc import transport as wire
 from ipc.daemon_runtime import DaemonSpec
-from ipc.launch import DaemonLaunch, LaunchSite
+from ipc.launch import DaemonLaunch, LaunchSite, spawn
 from ipc.owners import OWNER_FILE, RUN_DIR_PREFIX, process_identity, run_dir_base
+from ipc.transport import IPC, RunKeys, Transport
 
 HEARTBEAT_S = 0.5
 LIVENESS_S = 3.0  # a ready daemon silent this long is gone
 # before it is ready a daemon loads torch, CUDA and weights; some of that holds the GIL for
 # seconds (dlopen of libtorch_cuda, cuInit), which starves its heartbeat thread
 LOADING_LIVENESS_S = 30.0
+BIND_TIMEOUT_S = 30.0  # a daemon binds before it imports torch: a second or two at most
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,11 @@ class Daemon:
         self.welcome: dict | None = None
         self.error_text: str | None = None  # the daemon's own last error event
         self.expected_exit = False
+        # tcp: the control endpoint is known once the daemon says where it bound
+        self.endpoint: str | None = (
+            None if wire.is_unbound(spec.control_endpoint) else spec.control_endpoint
+        )
+        self.unsent: list[list[bytes]] = []  # requests made before the endpoint was known
 
     @property
     def pid(self) -> int:
@@ -77,7 +85,8 @@ class Daemon:
 
 
 class Supervisor:
-    """A private run directory of `ipc://` endpoints and the daemons listening there."""
+    """A private run directory, the daemons started there and their sockets: `ipc://` in
+    the run dir, or `tcp://` with CURVE keys made for this run (`ipc.transport`)."""
 
     def __init__(
         self,
@@ -85,26 +94,41 @@ class Supervisor:
         log_dir: Path | None = None,
         heartbeat_s: float = HEARTBEAT_S,
         liveness_s: float = LIVENESS_S,
+        transport: Transport = IPC,
     ) -> None:
         self.run_dir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=run_dir_base()))  # 0700
         (self.run_dir / OWNER_FILE).write_text(json.dumps(process_identity()), encoding="utf-8")
-        self.site = LaunchSite(self.run_dir, Path(log_dir or self.run_dir), heartbeat_s)
         self.liveness_s = liveness_s
         self._drained = True  # whether the last poll read everything that had arrived
+        self._backlog: list[Incoming] = []  # heard while waiting for a daemon's endpoint
         self.ctx = zmq.Context()
+        self.keys = RunKeys.new() if transport.is_tcp else None
+        self._auth = None
         self.telemetry = self.ctx.socket(zmq.SUB)
         self.telemetry.setsockopt(zmq.LINGER, 0)
         self.telemetry.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
         self.telemetry.setsockopt(zmq.RCVHWM, 0)
         self.telemetry.setsockopt(zmq.SUBSCRIBE, b"")
-        self.telemetry_endpoint = self.site.telemetry_endpoint
-        self.telemetry.bind(self.telemetry_endpoint)
+        if self.keys is not None:
+            own = self.keys.party("supervisor")
+            self._auth = wire.start_authenticator(self.ctx, own)  # before the bind
+            wire.apply(self.telemetry, own.server_options())
+        wanted = transport.bind_endpoint(self.run_dir, "telemetry")
+        self.telemetry_endpoint = wire.bind(self.telemetry, wanted)
+        self.site = LaunchSite(
+            self.run_dir,
+            Path(log_dir or self.run_dir),
+            heartbeat_s,
+            transport,
+            self.keys,
+            self.telemetry_endpoint if transport.is_tcp else "",
+        )
         self.daemons: dict[str, Daemon] = {}
         self._ids = 0
         self._closed = False
 
     def endpoint(self, name: str) -> str:
-        """An `ipc://` endpoint in the run dir."""
+        """Where a socket named `name` binds: `ipc://` in the run dir, or `tcp://HOST:0`."""
         return self.site.endpoint(name)
 
     def start(self, launch: DaemonLaunch) -> Daemon:
@@ -114,34 +138,64 @@ class Supervisor:
         if launch.spec.pdeathsig and threading.current_thread() is not threading.main_thread():
             # the kernel signals the child when the thread that started it ends
             raise ValueError(f"the {launch.role} daemon's launch was built on another thread")
-        launch.spec.save(launch.spec_path)
-        with open(launch.log_path, "ab") as log:
-            # a session of its own: Ctrl-C in the terminal reaches specdeck, which stops it
-            popen = subprocess.Popen(
-                list(launch.argv),
-                env=dict(launch.env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                cwd=str(launch.cwd),
-                start_new_session=True,
-            )
+        if (launch.keys is not None) != (self.keys is not None):
+            raise ValueError(f"the {launch.role} daemon's launch has another transport")
+        popen = spawn(launch)
         control = self.ctx.socket(zmq.DEALER)
         control.setsockopt(zmq.LINGER, 0)
         control.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
-        control.connect(launch.spec.control_endpoint)
+        if self.keys is not None:
+            wire.apply(control, self.keys.party("supervisor").client_options(launch.role))
         daemon = Daemon(launch.spec, popen, control, launch.log_path)
+        if daemon.endpoint is not None:
+            wire.connect(control, daemon.endpoint)
         self.daemons[launch.role] = daemon
         return daemon
 
     def request(self, role: str, type_: str, fields: dict | None = None) -> int:
-        """Send one control request to a daemon; the reply comes back through `poll`."""
+        """Send one control request to a daemon; the reply comes back through `poll`.
+        Over tcp a request made before the daemon said where it bound waits for that."""
         self._ids += 1
-        self.daemons[role].control.send_multipart(codec.encode(type_, fields, id=self._ids))
+        daemon = self.daemons[role]
+        frames = codec.encode(type_, fields, id=self._ids)
+        if daemon.endpoint is None:
+            daemon.unsent.append(frames)
+        else:
+            daemon.control.send_multipart(frames)
         return self._ids
+
+    def control_endpoint(self, role: str, timeout_s: float = BIND_TIMEOUT_S) -> str:
+        """The endpoint a daemon's control socket bound, once it says (at once over ipc).
+
+        What is heard meanwhile comes back from the next `poll`; RuntimeError (one line
+        naming the role) if the daemon exits or says nothing of it in `timeout_s`.
+        """
+        daemon = self.daemons[role]
+        deadline = time.monotonic() + timeout_s
+        while daemon.endpoint is None:
+            status = daemon.popen.poll()
+            if status is not None:
+                said = daemon.error_text or daemon.log_tail()
+                raise RuntimeError(
+                    f"the {role} daemon (pid {daemon.pid}) exited ({exit_text(status)}) "
+                    f"before it bound its control socket" + (f": {said}" if said else "")
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the {role} daemon (pid {daemon.pid}) did not say where it bound its "
+                    f"control socket within {timeout_s:g} s"
+                )
+            self._backlog.extend(self._poll_sockets(0.05))
+        return daemon.endpoint
 
     def poll(self, timeout_s: float) -> list[Incoming]:
         """Wait up to `timeout_s` for replies and events; return all that arrived."""
+        if self._backlog:
+            got, self._backlog = self._backlog, []
+            return got + self._poll_sockets(0)
+        return self._poll_sockets(timeout_s)
+
+    def _poll_sockets(self, timeout_s: float) -> list[Incoming]:
         poller = zmq.Poller()
         poller.register(self.telemetry, zmq.POLLIN)
         by_socket = {}
@@ -174,10 +228,29 @@ class Supervisor:
             return Incoming("", channel, None, f"a {msg.type} event from no daemon: {role!r}")
         found = self.daemons.get(role)
         if found is not None:
+            if msg.type == "bound" and channel == "telemetry":
+                problem = self._bound(found, msg)
+                if problem:
+                    return Incoming(role, channel, None, problem)
             found.last_seen = time.monotonic()
             if msg.type == "error" and channel == "telemetry":
                 found.error_text = msg["text"]
         return Incoming(role, channel, msg)
+
+    def _bound(self, daemon: Daemon, msg: codec.Message) -> str | None:
+        """Connect to the endpoint a tcp daemon bound and send what waited; or why not."""
+        endpoint = msg["endpoint"]
+        if daemon.endpoint is not None or msg["socket"] != "control":
+            return f"a bound event the {daemon.role} daemon had no reason to send"
+        problem = wire.tcp_endpoint_problem(endpoint)
+        if problem:
+            return f"the {daemon.role} daemon's bound endpoint is {problem}"
+        wire.connect(daemon.control, endpoint)
+        daemon.endpoint = endpoint
+        for frames in daemon.unsent:
+            daemon.control.send_multipart(frames)
+        daemon.unsent.clear()
+        return None
 
     def exited(self) -> list[tuple[Daemon, int]]:
         """Daemons that exited without being asked to, with their exit status."""
@@ -227,6 +300,8 @@ class Supervisor:
         for daemon in self.daemons.values():
             daemon.control.close()
         self.telemetry.close()
+        if self._auth is not None:
+            self._auth.stop()
         self.ctx.term()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 

@@ -24,6 +24,7 @@ from ipc.daemon_runtime import (
 )
 from ipc.draft_daemon import context_tokens, load_drafter, model_facts
 from ipc.remote_drafter import DraftLinkError, RemoteDrafter
+from ipc.transport import PartyKeys
 
 DECODERS = ("speculative", "hf-assisted")
 
@@ -405,9 +406,12 @@ def shortest_context(target: Any, drafter: Drafter) -> int | None:
     return min((c for c in (context_tokens(target), draft) if c), default=None)
 
 
-def _connect_draft(spec: DaemonSpec, target_fingerprint: str | None) -> RemoteDrafter:
+def _connect_draft(
+    spec: DaemonSpec, target_fingerprint: str | None, keys: PartyKeys | None
+) -> RemoteDrafter:
     """Reach the draft daemon and check that it speaks our protocol and tokenizer."""
-    drafter = RemoteDrafter(spec.draft_endpoint, timeout_s=60.0)
+    sockopts = keys.client_options("draft") if keys is not None else None
+    drafter = RemoteDrafter(spec.draft_endpoint, timeout_s=60.0, sockopts=sockopts)
     welcome = drafter.hello(timeout_s=spec.draft_timeout_s)
     theirs = welcome.get("tokenizer_fingerprint")
     if target_fingerprint and theirs and theirs != target_fingerprint:
@@ -418,10 +422,10 @@ def _connect_draft(spec: DaemonSpec, target_fingerprint: str | None) -> RemoteDr
     return drafter
 
 
-def main(spec: DaemonSpec) -> int:
+def main(spec: DaemonSpec, keys: PartyKeys | None = None) -> int:
     """Run the target daemon until shutdown; 1 with a one-line error when it cannot start."""
     try:
-        telemetry, sock = open_daemon(spec)
+        telemetry, sock = open_daemon(spec, keys)
     except DaemonStartError:
         return 1
     try:
@@ -437,7 +441,7 @@ def main(spec: DaemonSpec) -> int:
         target_graphs = open_graph_decoder(target.model)
         if spec.draft_endpoint:
             telemetry.status("loading", "waiting for the draft daemon")
-            drafter: Drafter = _connect_draft(spec, info.tokenizer_fingerprint)
+            drafter: Drafter = _connect_draft(spec, info.tokenizer_fingerprint, keys)
         else:
             drafter, _ = load_drafter(
                 spec.draft_model, spec.draft_torch_devices, spec.draft_trust_remote_code

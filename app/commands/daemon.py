@@ -20,8 +20,17 @@ def main(args: argparse.Namespace) -> int:
             f"specdeck daemon: cannot read the launch spec {args.spec}: {reason}", file=sys.stderr
         )
         return 2
+    keys = None
+    if spec.transport == "tcp":
+        from ipc.transport import read_keys
+
+        try:
+            keys = read_keys(sys.stdin.buffer)
+        except (OSError, ValueError) as exc:
+            print(f"specdeck daemon: {exc}", file=sys.stderr)
+            return 2
     if args.role == "draft":
         from ipc.draft_daemon import main as run_daemon
     else:
         from ipc.target_daemon import main as run_daemon
-    return run_daemon(spec)
+    return run_daemon(spec, keys)
