@@ -120,6 +120,13 @@ def add_placement_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow the models' own code to run (off by default)",
     )
+    g.add_argument(
+        "--transport",
+        default="ipc",
+        metavar="ipc|tcp",
+        help="how the daemons talk: ipc (default) or tcp on 127.0.0.1 with CURVE encryption, "
+        "the transport used between hosts (to test or measure it)",
+    )
 
 
 GLOBAL_OPTIONS = (

@@ -26,6 +26,7 @@ def spec_from_args(args: argparse.Namespace, prompts: tuple[str, ...] | None = N
         max_new_tokens=args.max_new_tokens,
         baseline=args.baseline,
         trust_remote_code=args.trust_remote_code,
+        transport=getattr(args, "transport", "ipc"),
     )
 
 
