@@ -129,6 +129,27 @@ def add_placement_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_workload_options(parser: argparse.ArgumentParser) -> None:
+    """`run`'s workload: several prompts, in rounds or for a time, through the same daemons."""
+    g = parser.add_argument_group("workload (the models load once; one session per prompt)")
+    g.add_argument("--suite", metavar="NAME", help="the prompts of a suite, e.g. humaneval")
+    g.add_argument(
+        "--prompts-file",
+        metavar="FILE",
+        help='prompts from a file: one a line, or JSON Lines with a "prompt" field',
+    )
+    g.add_argument("--n", type=int, metavar="N", help="only the first N of those prompts")
+    g.add_argument(
+        "--repeat", type=int, metavar="N", help="decode the prompts N times (default: once)"
+    )
+    g.add_argument(
+        "--duration",
+        metavar="TIME",
+        help="go round the prompts for this long, e.g. 90s, 30m, 2h (the prompt going on "
+        "finishes; loading is not counted)",
+    )
+
+
 GLOBAL_OPTIONS = (
     ("--simulate", "SPEC", "add simulated devices, e.g. cuda:2,hip:1 (ids sim-cuda:0, ...)"),
     ("--config", "FILE", "config file, TOML (default: $SPECDECK_CONFIG, else the user's)"),
@@ -160,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the model catalog (and folders that cannot load)")
     p.add_argument("--json", action="store_true", help=json_help)
 
-    p = sub.add_parser("run", help="run speculative decoding once, headless")
+    p = sub.add_parser("run", help="run speculative decoding, headless: a prompt or a workload")
     add_placement_options(p)
+    add_workload_options(p)
     p.add_argument("--json", action="store_true", help=json_help)
 
     p = sub.add_parser("bench", help="benchmark placements on a prompt suite")

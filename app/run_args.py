@@ -11,8 +11,20 @@ from ipc.run_spec import CheckedRun, RunSpec, parse_placement_ids, read_prompt_f
 
 
 def spec_from_args(args: argparse.Namespace, prompts: tuple[str, ...] | None = None) -> RunSpec:
-    """The run spec the placement and generation options describe (checked by check_run)."""
+    """The run spec the placement, generation and workload options describe (checked by
+    check_run); `prompts` given (the bench's) take the place of the prompt options."""
     target, draft = parse_placement_ids(args.target, args.draft)
+    if prompts is None:
+        prompts, ids, source = workload_prompts(
+            prompt=args.prompt,
+            prompt_file=args.prompt_file,
+            prompts_file=getattr(args, "prompts_file", None),
+            suite=getattr(args, "suite", None),
+            n=getattr(args, "n", None),
+        )
+        workload = {"prompt_ids": ids, "prompt_source": source, "n": getattr(args, "n", None)}
+    else:
+        workload = {}
     return RunSpec(
         target_model=args.target_model,
         draft_model=args.draft_model,
@@ -22,12 +34,52 @@ def spec_from_args(args: argparse.Namespace, prompts: tuple[str, ...] | None = N
         k=args.k,
         temperature=args.temperature,
         seed=args.seed,
-        prompts=prompts or (read_prompt(args.prompt, args.prompt_file),),
+        prompts=prompts,
         max_new_tokens=args.max_new_tokens,
         baseline=args.baseline,
         trust_remote_code=args.trust_remote_code,
         transport=getattr(args, "transport", "ipc"),
+        repeat=getattr(args, "repeat", None),
+        duration=getattr(args, "duration", None),
+        **workload,
     )
+
+
+def workload_prompts(
+    *,
+    prompt: str | None = None,
+    prompt_file: str | None = None,
+    prompts_file: str | None = None,
+    suite: str | None = None,
+    n: int | None = None,
+) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """(prompts, their ids, their source) from one of --prompt, --prompt-file, --prompts-file
+    and --suite (the default prompt without any); `n` (cut by the check) needs a list."""
+    given = [
+        flag
+        for flag, value in (
+            ("--prompt", prompt),
+            ("--prompt-file", prompt_file),
+            ("--prompts-file", prompts_file),
+            ("--suite", suite),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        several = "both" if len(given) == 2 else "several"
+        raise EngineInputError(f"give {', '.join(given[:-1])} or {given[-1]}, not {several}")
+    if n is not None and suite is None and prompts_file is None:
+        raise EngineInputError("--n takes the first N of --suite or --prompts-file")
+    if suite is not None:
+        from app.bench.suites import read_suite
+
+        chosen = read_suite(suite)
+        return tuple(p.text for p in chosen), tuple(p.id for p in chosen), suite
+    if prompts_file is not None:
+        from ipc.run_spec import read_prompts_file
+
+        return (*read_prompts_file(prompts_file), prompts_file)
+    return (read_prompt(prompt, prompt_file),), (), ""
 
 
 def check_spec(spec: RunSpec, args: argparse.Namespace, inventory: Any) -> CheckedRun:

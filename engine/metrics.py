@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,48 +87,90 @@ def speedup(spec_tokens_per_s: float | None, baseline_tokens_per_s: float | None
     return spec_tokens_per_s / baseline_tokens_per_s
 
 
-def pooled_figures(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Figures over several prompts' generation documents: AL = committed / steps over all
-    prompts, decode tokens/s = decode tokens (new tokens after each first) / decode time."""
-    stats = AcceptanceStats(
-        steps=sum(d["steps"] for d in documents),
-        drafted=sum(d.get("drafted", 0) for d in documents),
-        accepted=sum(d.get("accepted", 0) for d in documents),
-        committed=sum(d.get("committed", 0) for d in documents),
-    )
-    spec = _throughput(documents)
-    bases = [d["baseline"] for d in documents if d.get("baseline")]
-    base = _throughput(bases) if bases and len(bases) == len(documents) else None
-    identical = None
-    if base is not None and all(d.get("temperature", 0.0) == 0.0 for d in documents):
-        identical = all(
-            list(d["output_token_ids"]) == list(d["baseline"]["output_token_ids"])
-            for d in documents
-        )
-    return {
-        "prompt_count": len(documents),
-        "prompt_tokens": sum(d.get("prompt_tokens", 0) for d in documents),
-        **spec,
-        **stats.totals(),
-        "prefill_s": sum(d.get("prefill_s", 0.0) for d in documents),
-        "wall_s": sum(d.get("wall_s", 0.0) for d in documents),
-        "baseline": base,
-        "speedup": speedup(spec["decode_tokens_per_s"], base and base["decode_tokens_per_s"]),
-        "identical_to_baseline": identical,
-    }
+def pooled_figures(documents: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Figures over several prompts' generation documents (`PooledFigures`, added in turn)."""
+    pool = PooledFigures()
+    for document in documents:
+        pool.add(document)
+    return pool.figures()
 
 
-def _throughput(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """new_tokens, decode_tokens, decode_s and decode_tokens_per_s pooled over documents."""
-    new = sum(_new_tokens(d) for d in documents)
-    decode_tokens = sum(max(_new_tokens(d) - 1, 0) for d in documents)
-    decode_s = sum(_decode_s(d) for d in documents)
-    return {
-        "new_tokens": new,
-        "decode_tokens": decode_tokens,
-        "decode_s": decode_s,
-        "decode_tokens_per_s": decode_tokens / decode_s if decode_tokens and decode_s > 0 else None,
-    }
+@dataclass
+class DecodeTotals:
+    """new tokens, decode tokens (new tokens after each first) and decode time, summed."""
+
+    new_tokens: int = 0
+    decode_tokens: int = 0
+    decode_s: float = 0.0
+
+    def add(self, doc: Mapping[str, Any]) -> None:
+        new = _new_tokens(doc)
+        self.new_tokens += new
+        self.decode_tokens += max(new - 1, 0)
+        self.decode_s += _decode_s(doc)
+
+    def figures(self) -> dict[str, Any]:
+        tokens, seconds = self.decode_tokens, self.decode_s
+        return {
+            "new_tokens": self.new_tokens,
+            "decode_tokens": tokens,
+            "decode_s": seconds,
+            "decode_tokens_per_s": tokens / seconds if tokens and seconds > 0 else None,
+        }
+
+
+@dataclass
+class PooledFigures:
+    """Running totals over the prompts of a session, numbers only (a run of hours holds no
+    list of its prompts): AL = committed / steps over all prompts, decode tokens/s = decode
+    tokens / decode time; the target-only figures only when every prompt has them."""
+
+    prompts: int = 0
+    prompt_tokens: int = 0
+    stats: AcceptanceStats = field(default_factory=AcceptanceStats)
+    spec: DecodeTotals = field(default_factory=DecodeTotals)
+    base: DecodeTotals = field(default_factory=DecodeTotals)
+    with_baseline: int = 0  # prompts that also decoded target-only
+    greedy: bool = True  # every prompt at temperature 0
+    identical: bool = True  # every greedy output equal to its target-only output
+    prefill_s: float = 0.0
+    wall_s: float = 0.0
+
+    def add(self, doc: Mapping[str, Any]) -> None:
+        """One more prompt's generation document."""
+        self.prompts += 1
+        self.prompt_tokens += doc.get("prompt_tokens", 0)
+        self.stats.steps += doc["steps"]
+        self.stats.drafted += doc.get("drafted", 0)
+        self.stats.accepted += doc.get("accepted", 0)
+        self.stats.committed += doc.get("committed", 0)
+        self.spec.add(doc)
+        self.prefill_s += doc.get("prefill_s", 0.0)
+        self.wall_s += doc.get("wall_s", 0.0)
+        self.greedy = self.greedy and doc.get("temperature", 0.0) == 0.0
+        base = doc.get("baseline")
+        if base:
+            self.with_baseline += 1
+            self.base.add(base)
+            same = list(doc["output_token_ids"]) == list(base["output_token_ids"])
+            self.identical = self.identical and same
+
+    def figures(self) -> dict[str, Any]:
+        """The pooled figures, as session documents and bench rows carry them."""
+        spec = self.spec.figures()
+        complete = self.prompts > 0 and self.with_baseline == self.prompts
+        base = self.base.figures() if complete else None
+        return {
+            "prompt_count": self.prompts,
+            "prompt_tokens": self.prompt_tokens,
+            **spec,
+            **self.stats.totals(),
+            "prefill_s": self.prefill_s,
+            "wall_s": self.wall_s,
+            "baseline": base,
+            "speedup": speedup(spec["decode_tokens_per_s"], base and base["decode_tokens_per_s"]),
+            "identical_to_baseline": self.identical if base is not None and self.greedy else None,
+        }
 
 
 def _new_tokens(doc: Mapping[str, Any]) -> int:

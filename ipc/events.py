@@ -73,11 +73,18 @@ class DoneEvent:
 
 @dataclass(frozen=True)
 class PromptEvent:
-    """One prompt of a multi-prompt session finished; `result` is its generation document."""
+    """One prompt of a multi-prompt session finished; `result` is its generation document.
+
+    `index` counts from 0 over the whole run (every round); `total` is None when only a time
+    bound ends the run. `fraction` (0..1) and `eta_s` (None while unknown) are the runner's one
+    reckoning of the workload's progress (`ipc.run_spec.Workload.progress`)."""
 
     index: int
-    total: int
+    total: int | None
     result: dict = field(default_factory=dict)
+    elapsed_s: float = 0.0  # since the first prompt started
+    fraction: float = 0.0
+    eta_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 from engine.metrics import StepRecord
 from ipc.owners import owner_gone, process_identity
 
+PROMPTS_FILE = "prompts.jsonl"  # a workload's rows, one per prompt done
 DEVICE_COLUMNS = (
     "time",
     "device_id",
@@ -169,6 +170,7 @@ class RunRecorder:
         }
         self._steps = _AppendOnly(self.folder / "steps.jsonl")
         self._devices = _AppendOnly(self.folder / "devices.csv")
+        self._prompts: _AppendOnly | None = None  # prompts.jsonl, made by a workload's first row
         self._closed = False
         self._devices.append(_csv_line(DEVICE_COLUMNS))
         self._write_run()
@@ -183,6 +185,17 @@ class RunRecorder:
         line = {**asdict(step), "mean_acceptance_length": mean_acceptance_length}
         line["time_s"] = round(time.time() - self._t0, 6)
         self._append(self._steps, json.dumps(line) + "\n")
+
+    def prompt(self, row: Mapping[str, Any]) -> None:
+        """Append one prompt's row to prompts.jsonl (a workload's: one line per prompt done);
+        raises RecordWriteError once any write of the record failed."""
+        line = {**row, "time_s": round(time.time() - self._t0, 6)}
+        if self._prompts is None:
+            with self._lock:
+                if self._closed:
+                    return
+                self._prompts = _AppendOnly(self.folder / PROMPTS_FILE)
+        self._append(self._prompts, json.dumps(line) + "\n")
 
     def sample(self, sample: Any) -> None:
         """Append one device sample (a backends.base.Sample); safe from the sampler thread.
@@ -224,8 +237,9 @@ class RunRecorder:
             if self._closed:
                 return
             self._closed = True
-            self._steps.close()
-            self._devices.close()
+            for file in (self._steps, self._devices, self._prompts):
+                if file is not None:
+                    file.close()
         self._run.update(status=status, finished=_iso(time.time()), error=error)
         if summary is not None:
             self._run["summary"] = {**summary, "run_id": self.run_id}
@@ -344,6 +358,7 @@ def summary_markdown(run: Mapping[str, Any]) -> str:
         "",
         "| figure | value |",
         "| --- | --- |",
+        *([f"| prompts | {s['prompt_count']} |"] if "prompt_count" in s else []),
         f"| steps | {s.get('steps', 'n/a')} |",
         f"| new tokens | {s.get('new_tokens', 'n/a')} |",
         f"| mean acceptance length | {_fmt(s.get('mean_acceptance_length'))} |",
@@ -424,19 +439,32 @@ def find_run(data_dir: str | os.PathLike, run_id: str) -> Path:
 
 
 def load_run(data_dir: str | os.PathLike, run_id: str) -> dict:
-    """run.json of one run (unique prefix ok), with `steps` read from steps.jsonl."""
+    """run.json of one run (unique prefix ok), with `steps` read from steps.jsonl and
+    `prompts` (a workload's rows) from prompts.jsonl."""
     folder = find_run(data_dir, run_id)
     run = _read_run(folder)
     if run is None:
         raise RunNotFound(f"run record {folder} has no readable run.json")
-    steps = []
-    steps_file = folder / "steps.jsonl"
-    if steps_file.exists():
-        for line in steps_file.read_text(encoding="utf-8").splitlines():
-            try:
-                steps.append(json.loads(line))
-            except ValueError:
-                break  # a line cut short by a crash ends the readable steps
-    run["steps"] = steps
+    run["steps"] = list(read_lines(folder / "steps.jsonl"))
+    run["prompts"] = list(read_prompt_rows(folder))
     run["folder"] = str(folder)
     return run
+
+
+def read_lines(path: Path) -> Iterator[dict]:
+    """The JSON objects of a record's .jsonl file, one line at a time (none if it is absent);
+    a line cut short by a crash ends them."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    return
+    except FileNotFoundError:
+        return
+
+
+def read_prompt_rows(folder: str | os.PathLike) -> Iterator[dict]:
+    """A workload's prompt rows (prompts.jsonl), in the order the prompts finished."""
+    return read_lines(Path(folder) / PROMPTS_FILE)

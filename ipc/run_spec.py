@@ -9,8 +9,10 @@ Plain Python: no torch, no terminal.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +46,9 @@ AUTO_K_MOST = 16  # the most tokens k=auto drafts in a step (engine.speculative.
 MAX_NEW_TOKENS_LIMIT = 1_000_000  # beyond any context a model has today
 SEED_LIMIT = 2**64 - 1  # torch generators (and ipc.codec.MAX_SEED) take any seed up to here
 PROMPT_FILE_LIMIT = 4 * 2**20  # bytes; about a million tokens, more than any context
+REPEAT_LIMIT = 1_000_000  # rounds of a prompt list
+DURATION_LIMIT_S = 7 * 24 * 3600.0  # a week: a time bound beyond it is a typo
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MODES = ("inprocess", "split")
 INTERPRETER_CHECK_S = 60.0  # a cold interpreter on a slow disk imports numpy and zmq slowly
 
@@ -72,6 +77,66 @@ class RunSpec:
     warmup_tokens: int = WARMUP_TOKENS
     decoder: str = "speculative"  # or "hf-assisted": transformers' own, the bench's peer
     pooled: bool = False  # a bench session: the document pools its prompts, even just one
+    # the workload: which prompts, how many times, for how long (bounds in check_workload)
+    prompt_ids: tuple[str, ...] = ()  # each prompt's name in its source (a suite id, a line)
+    prompt_source: str = ""  # where the prompts came from: a suite's name or a file; "": given
+    n: int | None = None  # the first n of the prompts; None: all of them
+    repeat: int | None = None  # rounds of the prompts; None: one, or until the duration is up
+    duration: str | float | None = None  # a time bound as typed ("90s", "30m", "2h") or seconds
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The prompts a run decodes in turn, in the same daemons: rounds of the list, a time
+    bound, or both. Plain arithmetic over counts and seconds: the runner, the command line's
+    progress bar and the dashboard's gauge all read it."""
+
+    prompts: tuple[str, ...] = (DEFAULT_PROMPT,)
+    ids: tuple[str, ...] = ()  # each prompt's name in its source, where it has one
+    source: str = ""  # a suite's name or a prompts file; "" for the prompt given
+    repeat: int | None = None  # rounds of the list; None: one, or unbounded under a duration
+    duration_s: float | None = None  # no prompt starts after this long (the one going finishes)
+
+    @property
+    def several(self) -> bool:
+        """Whether more than one prompt may run (a session with a row per prompt)."""
+        return len(self.prompts) > 1 or (self.repeat or 1) > 1 or self.duration_s is not None
+
+    @property
+    def total(self) -> int | None:
+        """The prompts the run decodes; None when only the time bound ends it."""
+        if self.repeat is not None:
+            return len(self.prompts) * self.repeat
+        return None if self.duration_s is not None else len(self.prompts)
+
+    def prompt_at(self, done: int) -> tuple[int, str]:
+        """(index in the list, text) of the prompt that follows `done` finished ones."""
+        index = done % len(self.prompts)
+        return index, self.prompts[index]
+
+    def id_of(self, index: int) -> str | None:
+        return self.ids[index] if index < len(self.ids) else None
+
+    def more(self, done: int, elapsed_s: float) -> bool:
+        """Whether another prompt starts after `done` finished ones, `elapsed_s` in."""
+        total = self.total
+        if total is not None and done >= total:
+            return False
+        return self.duration_s is None or elapsed_s < self.duration_s
+
+    def progress(self, done: int, elapsed_s: float) -> tuple[float, float | None]:
+        """(fraction done, seconds left or None while unknown): by count, by time, or the
+        nearer of the two bounds."""
+        fractions, left = [], []
+        total = self.total
+        if total is not None:
+            fractions.append(min(done / total, 1.0))
+            if done:
+                left.append(max(elapsed_s / done * (total - done), 0.0))
+        if self.duration_s is not None:
+            fractions.append(min(elapsed_s / self.duration_s, 1.0))
+            left.append(max(self.duration_s - elapsed_s, 0.0))
+        return max(fractions), (min(left) if left else None)
 
 
 @dataclass(frozen=True)
@@ -89,6 +154,7 @@ class CheckedRun:
     trust_draft_code: bool
     backend_python: Mapping[str, str] = field(default_factory=dict)  # backend -> interpreter
     config_path: str = ""
+    workload: Workload = field(default_factory=Workload)  # the prompts, cut to n, and bounds
 
     @property
     def temperature(self) -> float:
@@ -100,12 +166,12 @@ class CheckedRun:
 
     @property
     def prompts(self) -> tuple[str, ...]:
-        return self.spec.prompts
+        return self.workload.prompts
 
     @property
     def session(self) -> bool:
         """Whether this is a multi-prompt session (its document pools the prompts)."""
-        return self.spec.pooled or len(self.spec.prompts) > 1
+        return self.spec.pooled or self.workload.several
 
     @property
     def max_new_tokens(self) -> int:
@@ -131,11 +197,11 @@ class CheckedRun:
     @property
     def prompt_list(self) -> tuple[str, ...]:
         """The prompts decoded in turn."""
-        return self.spec.prompts
+        return self.workload.prompts
 
     @property
     def prompt(self) -> str:
-        return self.spec.prompts[0]
+        return self.workload.prompts[0]
 
     @property
     def target_model(self) -> str:
@@ -195,18 +261,23 @@ def most_drafted(k: int | str) -> int:
     return AUTO_K_MOST if k == "auto" else int(k)
 
 
+OPTION_FLAGS = {  # what the command line calls each option, in the check's sentences
+    "k": "--k",
+    "max_new_tokens": "--max-new-tokens",
+    "temperature": "--temperature",
+    "seed": "--seed",
+    "n": "--n",
+    "repeat": "--repeat",
+    "duration": "--duration",
+}
+
+
 def check_options(spec: RunSpec, names: Mapping[str, str] | None = None) -> int | str:
     """Raise EngineInputError for the first generation option out of its bounds; the k.
 
     `names` maps an option to what the user calls it (`--max-new-tokens`, `max new tokens`).
     """
-    name = {
-        "k": "--k",
-        "max_new_tokens": "--max-new-tokens",
-        "temperature": "--temperature",
-        "seed": "--seed",
-        **(names or {}),
-    }
+    name = {**OPTION_FLAGS, **(names or {})}
     k = parse_k(spec.k, name["k"])
     if not 1 <= spec.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
         raise EngineInputError(
@@ -232,19 +303,95 @@ def check_options(spec: RunSpec, names: Mapping[str, str] | None = None) -> int 
     return k
 
 
-def read_prompt_file(path: str) -> str:
+def parse_duration(text: str | float, option: str = "--duration") -> float:
+    """Seconds from `90s`, `30m`, `2h`, `1h30m` or `1.5d` (or a number of seconds), within
+    (0, DURATION_LIMIT_S]; one line naming the option otherwise."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        value = str(text).strip().lower().replace(" ", "")
+        parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", value)
+        if not value or "".join(n + u for n, u in parts) != value:
+            raise EngineInputError(
+                f"{option} must be a time such as 90s, 30m, 2h or 1h30m, not {str(text)!r}"
+            )
+        seconds = sum(float(n) * DURATION_UNITS[u] for n, u in parts)
+    if not (math.isfinite(seconds) and 0 < seconds <= DURATION_LIMIT_S):
+        raise EngineInputError(
+            f"{option} must be more than 0 and at most {DURATION_LIMIT_S / 86400:g} days, "
+            f"not {text!r}"
+        )
+    return seconds
+
+
+def check_workload(spec: RunSpec, names: Mapping[str, str] | None = None) -> Workload:
+    """The spec's prompts, cut to n, with their rounds and time bound; EngineInputError for
+    the first bound broken (one line naming the option as the user calls it)."""
+    name = {**OPTION_FLAGS, **(names or {})}
+    prompts, source = spec.prompts, spec.prompt_source or "the prompt list"
+    if spec.n is not None and spec.n < 1:
+        raise EngineInputError(f"{name['n']} must be at least 1, not {spec.n}")
+    if spec.n is not None and spec.n > len(prompts):
+        raise EngineInputError(f"{name['n']} {spec.n}: {source} has {len(prompts)} prompts")
+    if spec.repeat is not None and not 1 <= spec.repeat <= REPEAT_LIMIT:
+        raise EngineInputError(
+            f"{name['repeat']} must be from 1 to {REPEAT_LIMIT}, not {spec.repeat}"
+        )
+    count = len(prompts) if spec.n is None else spec.n
+    return Workload(
+        prompts=tuple(prompts[:count]),
+        ids=tuple(spec.prompt_ids[:count]),
+        source=spec.prompt_source,
+        repeat=spec.repeat,
+        duration_s=None
+        if spec.duration is None
+        else parse_duration(spec.duration, name["duration"]),
+    )
+
+
+def read_prompt_file(path: str, option: str = "--prompt-file") -> str:
     """A prompt file's text, up to PROMPT_FILE_LIMIT bytes; a larger one is refused."""
     try:
         with Path(path).expanduser().open("rb") as fh:
             data = fh.read(PROMPT_FILE_LIMIT + 1)  # /dev/zero never ends
         if len(data) > PROMPT_FILE_LIMIT:
             raise EngineInputError(
-                f"--prompt-file {path} is larger than {PROMPT_FILE_LIMIT // 2**20} MiB, "
+                f"{option} {path} is larger than {PROMPT_FILE_LIMIT // 2**20} MiB, "
                 "more than any model's context holds"
             )
         return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise EngineInputError(f"cannot read --prompt-file {path}: {exc}") from None
+        raise EngineInputError(f"cannot read {option} {path}: {exc}") from None
+
+
+def read_prompts_file(
+    path: str, option: str = "--prompts-file"
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(prompts, their ids) from a prompts file: JSON Lines, each an object with a "prompt"
+    (and, if it likes, an "id"), when the file ends in .jsonl or starts with `{`; else one
+    prompt a line. Blank lines are skipped; a bad line is one sentence naming it."""
+    lines = read_prompt_file(path, option).splitlines()
+    filled = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    jsonl = path.endswith(".jsonl") or bool(filled and filled[0][1].lstrip().startswith("{"))
+    prompts, ids = [], []
+    for number, line in filled:
+        where = f"{option} {path} line {number}"
+        if not jsonl:
+            prompts.append(line)
+            ids.append(f"line {number}")
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise EngineInputError(f"{where} is not JSON (JSON Lines: one object a line)") from None
+        prompt = row.get("prompt") if isinstance(row, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise EngineInputError(f'{where} has no "prompt" text')
+        prompts.append(prompt)
+        ids.append(str(row.get("id") or f"line {number}"))
+    if not prompts:
+        raise EngineInputError(f"{option} {path} holds no prompts")
+    return tuple(prompts), tuple(ids)
 
 
 # -- the one check ---------------------------------------------------------------------------
@@ -265,6 +412,7 @@ def check_run(
     from engine.catalog import check_same_tokenizer, demo_pair, resolve_model
 
     k = check_options(spec, option_names)
+    workload = check_workload(spec, option_names)
     if spec.target_model is None or spec.draft_model is None:
         demo_target, demo_draft = demo_pair()
     dirs = list(model_dirs)
@@ -274,11 +422,13 @@ def check_run(
         if info.problem:
             raise EngineInputError(f"{info.name} cannot load: {info.problem}")
     check_same_tokenizer(target, draft)
-    for index, prompt in enumerate(spec.prompts, 1):
+    count = len(workload.prompts)
+    for index, prompt in enumerate(workload.prompts):
         problem = context_problem(target, draft, prompt, spec.max_new_tokens, k, option_names)
         if problem:
-            which = f"prompt {index} of {len(spec.prompts)}: " if len(spec.prompts) > 1 else ""
-            raise EngineInputError(which + problem)
+            named = workload.id_of(index)
+            which = f"prompt {index + 1} of {count}" + (f" ({named})" if named else "")
+            raise EngineInputError((f"{which}: " if count > 1 else "") + problem)
     placement, devices, mode = place(spec, target, draft, inventory)
     pythons = dict(backend_python or {})
     for backend in sorted({"cpu" if d.simulated else d.backend for d in devices.values()}):
@@ -298,6 +448,7 @@ def check_run(
         trust_draft_code=spec.trust_remote_code or bool(trust & {draft.name, str(draft.path)}),
         backend_python=pythons,
         config_path=str(config_path),
+        workload=workload,
     )
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
-from engine.metrics import AcceptanceStats, StepRecord, decode_tokens_per_s
+from engine.metrics import AcceptanceStats, PooledFigures, StepRecord, decode_tokens_per_s
 from ipc import events as ev
 from ipc.launch import DaemonLaunch, PlacedRole, daemon_launch
 from ipc.records import RecordError, RunRecorder
@@ -120,11 +120,7 @@ def start_run(
             "max_new_tokens": request.max_new_tokens,
             "baseline": request.baseline,
             "trust_remote_code": request.trust_remote_code,
-            **(
-                {"prompts": len(request.prompts), "warmup_tokens": request.warmup_tokens}
-                if request.session
-                else {"prompt": request.prompt}
-            ),
+            **(_workload_options(request) if request.session else {"prompt": request.prompt}),
         },
     )
     run_id = recorder.run_id
@@ -144,6 +140,18 @@ def start_run(
     handle._thread = threading.Thread(target=run.main, name=f"run-{run_id}", daemon=True)
     handle._thread.start()
     return handle
+
+
+def _workload_options(request: CheckedRun) -> dict:
+    """What a session's record says of its workload: its prompts, rounds and time bound."""
+    work = request.workload
+    return {
+        "prompts": len(work.prompts),
+        "prompt_source": work.source,
+        "repeat": work.repeat,
+        "duration_s": work.duration_s,
+        "warmup_tokens": request.warmup_tokens,
+    }
 
 
 class _Run:
@@ -178,7 +186,12 @@ class _Run:
         self.result: dict | None = None
         self.failure: ev.ErrorEvent | None = None
         self.warming = False  # the warm-up generation's events are not the run's
-        self.documents: list[dict] = []  # one generation document per prompt done
+        # a session's prompts: running totals only, each prompt's document streamed to the
+        # record (prompts.jsonl), so a run of hours holds as much as a run of one prompt
+        self.pool = PooledFigures()
+        self.workload_start: float | None = None  # monotonic time the first prompt started
+        self.decode_paths: dict = {}  # the daemons' decode paths, as the first prompt said
+        self.capture_s = 0.0  # seconds capturing CUDA graphs, over the prompts
         self.watch: WatchPublisher | None = None  # the run's watch endpoint, once open
 
     def emit(self, event: ev.RunEvent) -> None:
@@ -343,12 +356,17 @@ class _Run:
     def _begin(self, supervisor: Supervisor) -> None:
         req = self.request
         self.started = True
-        first = req.prompt_list[0]
         if req.warmup_tokens > 0:
             self.warming = True
+            first = req.prompt_list[0]
             self._send_start(supervisor, first, min(req.warmup_tokens, req.max_new_tokens))
         else:
-            self._send_start(supervisor, first, req.max_new_tokens)
+            self._start_workload(supervisor)
+
+    def _start_workload(self, supervisor: Supervisor) -> None:
+        """The first recorded prompt: a time bound counts from here (loading excluded)."""
+        self.workload_start = time.monotonic()
+        self._send_start(supervisor, self.request.prompt_list[0], self.request.max_new_tokens)
 
     def _send_start(self, supervisor: Supervisor, prompt: str, max_new_tokens: int) -> None:
         req = self.request
@@ -368,22 +386,45 @@ class _Run:
 
     def _generation_done(self, supervisor: Supervisor, generation: dict) -> None:
         """One prompt finished: start the next one, or end the run with its document."""
-        req, prompts = self.request, self.request.prompt_list
+        req, work = self.request, self.request.workload
         if self.warming:
             self.warming = False
-            self._send_start(supervisor, prompts[0], req.max_new_tokens)
+            self._start_workload(supervisor)
             return
         if not req.session:
             self.result = self._document(generation)
             return
-        self.documents.append(generation)
-        index = len(self.documents) - 1
-        self.emit(ev.PromptEvent(index, len(prompts), generation))
+        index = self.pool.prompts
+        self.pool.add(generation)
+        self.decode_paths = self.decode_paths or generation.get("decode_paths") or {}
+        self.capture_s += generation.get("capture_s") or 0.0
+        self.recorder.prompt(self._prompt_row(index, generation))
+        elapsed = time.monotonic() - (self.workload_start or time.monotonic())
+        fraction, eta = work.progress(index + 1, elapsed)
+        self.emit(ev.PromptEvent(index, work.total, generation, elapsed, fraction, eta))
         stopped = generation.get("stop_reason") == "stopped" or self.handle._stop.is_set()
-        if len(self.documents) < len(prompts) and not stopped:
-            self._send_start(supervisor, prompts[index + 1], req.max_new_tokens)
+        if stopped:
+            self.result = self._session_document("stopped")
+        elif work.more(index + 1, elapsed):
+            self._send_start(supervisor, work.prompt_at(index + 1)[1], req.max_new_tokens)
         else:
-            self.result = self._session_document(stopped)
+            timed = work.total is None or index + 1 < work.total
+            self.result = self._session_document("duration" if timed else "max_new_tokens")
+
+    def _prompt_row(self, index: int, generation: dict) -> dict:
+        """A prompt's row of prompts.jsonl: where it stands in the workload, then its
+        generation document (its text only in the first round; later rounds name it)."""
+        work = self.request.workload
+        at, text = work.prompt_at(index)
+        first_round = index < len(work.prompts)
+        return {
+            "index": index,
+            "round": index // len(work.prompts),
+            "prompt_index": at,
+            "prompt_id": work.id_of(at),
+            **({"prompt": text} if first_round else {}),
+            **generation,
+        }
 
     def _step(self, msg: Any) -> None:
         f = msg.fields
@@ -447,20 +488,34 @@ class _Run:
     def _document(self, generation: dict) -> dict:
         return {**self._header(), **generation, "run_id": self.handle.run_id}
 
-    def _session_document(self, stopped: bool) -> dict:
-        """The session's document: pooled figures over its prompts, then each prompt's."""
-        from engine.metrics import pooled_figures
+    def _session_document(self, stop_reason: str) -> dict:
+        """The session's document: figures pooled over its prompts from the running totals
+        (each prompt's own document is its row in the record's prompts.jsonl).
 
+        `stop_reason`: `max_new_tokens` (every prompt done), `duration` (the time bound) or
+        `stopped`."""
         req = self.request
+        work = req.workload
         return {
             **self._header(),
             "k": req.k,
             "temperature": req.temperature,
             "seed": req.seed,
-            **pooled_figures(self.documents),
+            **self.pool.figures(),
             "per_position_acceptance": self.stats.per_position_acceptance,
-            "stop_reason": "stopped" if stopped else "max_new_tokens",
-            "prompts": self.documents,
+            "rounds": self.pool.prompts // len(work.prompts),
+            "workload": {
+                "prompts": len(work.prompts),
+                "source": work.source,
+                "repeat": work.repeat,
+                "duration_s": work.duration_s,
+            },
+            **(
+                {"decode_paths": self.decode_paths, "capture_s": self.capture_s}
+                if self.decode_paths
+                else {}
+            ),
+            "stop_reason": stop_reason,
             "run_id": self.handle.run_id,
         }
 

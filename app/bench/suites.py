@@ -23,6 +23,11 @@ def suite_prompts(
     suite: str, n: int, sample: int | None = None, seed: int = 0
 ) -> list[BenchPrompt]:
     """The first `n` prompts of a suite, or `sample` of them drawn with `seed`."""
+    return select_prompts(read_suite(suite), n, sample, seed, suite)
+
+
+def read_suite(suite: str) -> list[BenchPrompt]:
+    """Every prompt of a suite, in its order (bundled with its package: no network)."""
     if suite not in SUITES:
         raise EngineInputError(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
     try:
@@ -33,10 +38,7 @@ def suite_prompts(
         ) from None
     # a prompt's final newline, tokenized alone, cuts the "\n    " token that models learned,
     # and many then end at once; without it they go on writing the function body
-    problems = [
-        BenchPrompt(task_id, p["prompt"].rstrip()) for task_id, p in read_problems().items()
-    ]
-    return select_prompts(problems, n, sample, seed, suite)
+    return [BenchPrompt(task_id, p["prompt"].rstrip()) for task_id, p in read_problems().items()]
 
 
 def select_prompts(

@@ -45,6 +45,8 @@ def main(args: argparse.Namespace) -> int:
                     run_args.spec_from_args(_args_for(args, spec), texts),
                     baseline=True,  # a bench always decodes target-only for the speedup
                     pooled=True,
+                    prompt_ids=tuple(p.id for p in prompts),
+                    prompt_source=suite,
                 ),
                 args,
                 inventory,
@@ -177,7 +179,10 @@ def session(run: CheckedRun, inventory: Any, progress: BenchProgress, name: str)
     if result is None or handle.error is not None:
         text = handle.error.text if handle.error else "the run stopped"
         raise BenchRunFailed(f"{text} (record {handle.record_dir})")
-    return result
+    from ipc.records import read_prompt_rows
+
+    # each prompt's document, from its row in the record (a bench's suite is a few hundred)
+    return {**result, "prompts": list(read_prompt_rows(handle.record_dir))}
 
 
 def _peer(

@@ -9,16 +9,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.progress import WorkloadProgress, time_text
 from app.run_args import check_spec, spec_from_args
 from engine.errors import EngineInputError
+from ipc.records import PROMPTS_FILE
 
 BAD_INPUT_STATUS = 2  # a daemon that exits 2 could not start on bad input (a model)
 
+PLAIN_EVERY_S = 10.0  # without a terminal, a workload's progress line at most this often
+
 if TYPE_CHECKING:
     from engine.metrics import StepRecord
-    from ipc.events import RunEvent
+    from ipc.events import PromptEvent, RunEvent
+    from ipc.run_spec import Workload
 
 
 def main(args: argparse.Namespace) -> int:
@@ -29,7 +36,8 @@ def main(args: argparse.Namespace) -> int:
     inventory = discover(args.simulate)
     try:
         run = check_spec(spec_from_args(args), args, inventory)
-        with RunProgress(run.max_new_tokens, enabled=sys.stderr.isatty()) as progress:
+        workload = run.workload if run.session else None
+        with RunProgress(run.max_new_tokens, sys.stderr.isatty(), workload) as progress:
             handle = start_run(
                 run, inventory=inventory, on_event=progress.show, data_dir=data_dir()
             )
@@ -45,15 +53,17 @@ def main(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
+    elif "output_text" in result:
         print(result["output_text"])
         print()
         print(format_summary(result))
+    else:  # a workload: each prompt's output is its row in the record
+        print(format_summary(result, handle.record_dir))
     return 0
 
 
-def format_summary(result: dict[str, Any]) -> str:
-    """The human-readable summary printed after the text."""
+def format_summary(result: dict[str, Any], record_dir: Path | None = None) -> str:
+    """The human-readable summary printed after the text (a workload's, with its record)."""
 
     def num(value: float | None, fmt: str = "{:.2f}", unit: str = "") -> str:
         return "n/a" if value is None else fmt.format(value) + unit
@@ -70,6 +80,7 @@ def format_summary(result: dict[str, Any]) -> str:
             f"draft {mark(placement['draft'])}; {result['mode']}",
         ),
         ("k", str(result["k"])),
+        *_workload_rows(result, record_dir),
         ("tokens", f"{result['prompt_tokens']} prompt, {result['new_tokens']} new"),
         ("steps", str(result["steps"])),
         ("mean acceptance length", num(result["mean_acceptance_length"])),
@@ -98,34 +109,63 @@ def format_summary(result: dict[str, Any]) -> str:
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 
 
-class RunProgress:
-    """A live line on stderr (tokens, mean AL, tokens/s) while a run goes on; off without a tty."""
+def _workload_rows(result: dict[str, Any], record_dir: Path | None) -> list[tuple[str, str]]:
+    """A workload's rows of the summary: its prompts, how it ended, where each one's row is."""
+    work = result.get("workload")
+    if work is None:
+        return []
+    source = f" from {work['source']}" if work["source"] else ""
+    ended = {"duration": "the time bound", "stopped": "stopped"}.get(result["stop_reason"])
+    rows = [
+        (
+            "prompts",
+            f"{result['prompt_count']} done: {result['rounds']} round(s) of {work['prompts']}"
+            f"{source}" + (f"; ended by {ended}" if ended else ""),
+        )
+    ]
+    if record_dir is not None:
+        rows.append(("prompt rows", str(record_dir / PROMPTS_FILE)))
+    return rows
 
-    def __init__(self, total: int, enabled: bool) -> None:
+
+class RunProgress:
+    """Live lines on stderr while a run goes on: the prompt's tokens, mean AL and tokens/s, and
+    a workload's prompt i of N with its ETA. Without a terminal: nothing for one prompt, a
+    plain line now and then for a workload."""
+
+    def __init__(self, total: int, enabled: bool, workload: Workload | None = None) -> None:
         self.total = total
         self.enabled = enabled
+        self.workload = workload
         self._progress: Any = None
         self._task: Any = None
+        self._prompts_task: Any = None
         self._committed = 0
         self._steps = 0
         self._tokens = 0
         self._decode_s = 0.0
+        self._plain_at: float | None = None  # when the last plain line was written
 
     def __enter__(self) -> RunProgress:
         if self.enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+            from rich.progress import BarColumn, Progress, TextColumn
 
             self._progress = Progress(
                 TextColumn("{task.description:<16}"),
                 BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("tokens  AL {task.fields[al]}  {task.fields[tps]} tok/s"),
+                TextColumn("{task.fields[detail]}"),
                 console=Console(stderr=True),
                 transient=True,
             )
             self._progress.start()
-            self._task = self._progress.add_task("starting", total=self.total, al="-", tps="-")
+            if self.workload is not None:
+                start = WorkloadProgress.starting(self.workload)
+                self._prompts_task = self._progress.add_task(
+                    start.label, total=1.0, detail=start.detail
+                )
+            self._task = self._progress.add_task("starting", total=self.total, detail="")
+            self._update()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -137,17 +177,17 @@ class RunProgress:
         if reset:
             self._committed = self._steps = self._tokens = 0
             self._decode_s = 0.0
-        self._update(description=name, completed=self._tokens, al="-", tps="-")
+        self._update(description=name)
 
     def first_token(self, token: int) -> None:
         """The token chosen at the prefill."""
         self._tokens = 1
-        self._update(completed=self._tokens)
+        self._update()
 
     def token(self, token: int) -> None:
         """One target-only token."""
         self._tokens += 1
-        self._update(completed=self._tokens)
+        self._update()
 
     def step(self, step: StepRecord, tokens: list[int]) -> None:
         """One speculative step."""
@@ -155,9 +195,20 @@ class RunProgress:
         self._committed += step.committed
         self._tokens += len(tokens)
         self._decode_s += step.draft_s + step.verify_s + step.transport_s
-        al = f"{self._committed / self._steps:.2f}"
-        tps = f"{self._committed / self._decode_s:.1f}" if self._decode_s > 0 else "-"
-        self._update(completed=self._tokens, al=al, tps=tps)
+        self._update()
+
+    def prompt_done(self, event: PromptEvent) -> None:
+        """One prompt of a workload finished."""
+        now = WorkloadProgress.of(event)
+        if self._progress is not None:
+            self._progress.update(
+                self._prompts_task, description=now.label, completed=now.fraction, detail=now.detail
+            )
+            return
+        clock = time.monotonic()
+        if self._plain_at is None or now.finished or clock - self._plain_at >= PLAIN_EVERY_S:
+            self._plain_at = clock
+            print(f"specdeck: {plain_line(now, event.result)}", file=sys.stderr, flush=True)
 
     def show(self, event: RunEvent) -> None:
         """Follow the run's events (called from the run's thread)."""
@@ -169,7 +220,7 @@ class RunProgress:
             if event.state == "loading":
                 self.phase("loading models")
             elif event.state == "prefill":
-                self.phase("speculative")
+                self.phase("speculative", reset=True)  # a workload's next prompt starts at 0
             elif event.state == "decode" and event.text.startswith("baseline"):
                 self.phase("target only", reset=True)
             elif event.state == "decode":
@@ -178,7 +229,23 @@ class RunProgress:
             self.step(event.step, list(event.token_ids))
         elif isinstance(event, events.TokenEvent):
             self.token(event.token_ids[0] if event.token_ids else 0)
+        elif isinstance(event, events.PromptEvent):
+            self.prompt_done(event)
 
     def _update(self, **fields: object) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, **fields)
+            al = f"{self._committed / self._steps:.2f}" if self._steps else "-"
+            tps = f"{self._committed / self._decode_s:.1f}" if self._decode_s > 0 else "-"
+            detail = f"{self._tokens}/{self.total} tokens  AL {al}  {tps} tok/s"
+            self._progress.update(self._task, completed=self._tokens, detail=detail, **fields)
+
+
+def plain_line(now: WorkloadProgress, result: dict[str, Any]) -> str:
+    """`prompt 3 of 10 done: 40 tokens, AL 2.31, 120.5 tok/s; ETA 0:12` for a log."""
+    figures = [f"{result.get('new_tokens', 0)} tokens"]
+    if result.get("mean_acceptance_length") is not None:
+        figures.append(f"AL {result['mean_acceptance_length']:.2f}")
+    if result.get("decode_tokens_per_s") is not None:
+        figures.append(f"{result['decode_tokens_per_s']:.1f} tok/s")
+    of = "" if now.total is None else f" of {now.total}"
+    return f"prompt {now.done}{of} done: {', '.join(figures)}; ETA {time_text(now.eta_s)}"

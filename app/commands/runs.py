@@ -52,6 +52,40 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+SHOWN_PROMPT_ROWS = 10  # a workload's first and last rows; the rest are in prompts.jsonl
+
+
+def prompt_table(rows: list[dict]) -> str:
+    """A workload's prompts, one line each (the first and last few of a long one)."""
+    header = ("#", "round", "prompt", "tokens", "steps", "AL", "tok/s", "ended")
+    shown = rows
+    if len(rows) > 2 * SHOWN_PROMPT_ROWS:
+        shown = [*rows[:SHOWN_PROMPT_ROWS], None, *rows[-SHOWN_PROMPT_ROWS:]]
+    skipped = f"... {len(rows) - 2 * SHOWN_PROMPT_ROWS} more in prompts.jsonl"
+    table = [header] + [
+        (skipped, "", "", "", "", "", "", "")
+        if r is None
+        else (
+            str(r.get("index", "?")),
+            str(r.get("round", "?")),
+            str(r.get("prompt_id") or r.get("prompt_index", "?")),
+            str(r.get("new_tokens", "?")),
+            str(r.get("steps", "?")),
+            _num(r.get("mean_acceptance_length"), ".2f"),
+            _num(r.get("decode_tokens_per_s"), ".1f"),
+            str(r.get("stop_reason", "?")),
+        )
+        for r in shown
+    ]
+    widths = [max(len(row[i]) for row in table if row[0] != skipped) for i in range(len(header))]
+    return "\n".join(
+        row[0]
+        if row[0] == skipped
+        else "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    )
+
+
 def show(run_id: str, as_json: bool) -> int:
     """Print one run record; an unknown id is one line and status 2."""
     try:
@@ -78,7 +112,12 @@ def show(run_id: str, as_json: bool) -> int:
         ("speedup", "n/a" if s.get("speedup") is None else f"{s['speedup']:.2f}x"),
         ("record", run["folder"]),
     ]
+    if run["prompts"]:
+        lines.insert(-1, ("prompts", f"{len(run['prompts'])} (one row each below)"))
     width = max(len(label) for label, _ in lines)
     for label, value in lines:
         print(f"{label:<{width}}  {value}")
+    if run["prompts"]:
+        print()
+        print(prompt_table(run["prompts"]))
     return 0

@@ -76,7 +76,9 @@ def test_a_placements_file_runs_each_placement_and_split_serves_every_prompt(
     assert len(runs) == 2
     split_run = json.loads((runs[1] / "run.json").read_text())
     assert split_run["mode"] == "split" and split_run["options"]["prompts"] == 2
-    assert len(split_run["summary"]["prompts"]) == 2
+    rows = [json.loads(line) for line in (runs[1] / "prompts.jsonl").read_text().splitlines()]
+    assert [r["prompt_id"] for r in rows] == ["HumanEval/0", "HumanEval/1"]
+    assert split_run["summary"]["prompt_count"] == 2 and "prompts" not in split_run["summary"]
     steps = (runs[1] / "steps.jsonl").read_text().splitlines()
     assert len(steps) == daemons["steps"]  # the warm-up generation is not in the record
     printed = main(["bench", "--placements", str(placements), "--n", "1", "--max-new-tokens",
