@@ -14,7 +14,6 @@ from backends.placement import (
     Placement,
     PlacementError,
     Shortfall,
-    check_placement,
     fit_problem,
     placement_shortfall,
     shortfall,
@@ -171,14 +170,13 @@ class Board:
         return self.remove(role, source).place(role, destination)
 
     def placement(self) -> Placement:
-        """The placement to launch, its whole set of cards checked at once; PlacementError says
-        what is missing or wrong."""
+        """The placement to launch; PlacementError says what is missing, or what the cards
+        lack in memory with advice. Its rules are checked once, by `ipc.run_spec.check_run`."""
         if not self.target:
             raise PlacementError("place the TARGET chip on a device card first")
         if self.draft is None:
             raise PlacementError("place the DRAFT chip on a device card first")
         placement = Placement(target=self.target, draft=self.draft)
-        check_placement(placement, self.devices)  # the rules; the fit, with advice, below
         lacking = self.missing()
         if lacking:
             raise PlacementError(lacking)

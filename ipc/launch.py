@@ -53,6 +53,7 @@ class PlacedRole:
     model: str  # the model folder
     devices: tuple[Device, ...]  # all of one backend; the draft has one
     trust_remote_code: bool = False
+    cpu_threads: int | None = None  # the run's share of a CPU other daemons use too; None: all
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def daemon_launch(
     env = {
         **os.environ,
         **visibility_env(devices),
+        **_thread_budget(placed.cpu_threads),
         "PYTHONPATH": os.pathsep.join(p for p in paths if p),
         "PYTHONUNBUFFERED": "1",
     }
@@ -150,6 +152,18 @@ def daemon_launch(
         cwd=site.run_dir,
         keys=site.keys.party(placed.role) if site.transport.is_tcp and site.keys else None,
     )
+
+
+def _thread_budget(threads: int | None) -> dict[str, str]:
+    """The OpenMP and MKL thread counts of a daemon that shares the CPU, unless set by the user.
+
+    Two daemons of a run on one CPU each start a pool as wide as the machine; a pool spinning
+    after its step takes cores from the other's (split ran at a third of in-process on 16
+    cores, docs/validation.md).
+    """
+    if threads is None or "OMP_NUM_THREADS" in os.environ:
+        return {}
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def spawn(launch: DaemonLaunch) -> subprocess.Popen:

@@ -29,6 +29,7 @@ from backends.placement import (
     parse_device_ids,
 )
 from engine.errors import EngineInputError
+from ipc.launch import PlacedRole
 from ipc.transport import TRANSPORTS
 
 if TYPE_CHECKING:
@@ -230,6 +231,28 @@ class CheckedRun:
     def draft_trust(self) -> bool:
         """Whether the draft model's own code may run."""
         return self.trust_draft_code
+
+    def placed(self, role: str) -> PlacedRole:
+        """The target or the draft on its Devices: what its daemon's launch is built from.
+
+        In split mode with both daemons on the CPU, each gets half its cores (`PlacedRole.
+        cpu_threads`): they take turns, and a whole-machine pool of each fights the other's.
+        """
+        target = role == "target"
+        ids = self.placement.target if target else (self.placement.draft,)
+        devices = tuple(self.devices_of(ids))
+        on_cpu = [
+            d for d in (*self.devices_of(self.placement.target), self.devices[self.placement.draft])
+            if d.backend == "cpu"
+        ]
+        sharing = self.mode == "split" and len(on_cpu) > 1 and devices[0].backend == "cpu"
+        return PlacedRole(
+            role,
+            self.target_model if target else self.draft_model,
+            devices,
+            self.trust_remote_code if target else self.draft_trust,
+            cpu_threads=max(1, (os.cpu_count() or 2) // 2) if sharing else None,
+        )
 
     def devices_of(self, ids: Iterable[str]) -> list[Device]:
         """The Devices of these ids, in order."""

@@ -232,16 +232,8 @@ class _Run:
 
     def _launch(self, supervisor: Supervisor) -> None:
         """Start the draft daemon (split) and the target daemon, each from its whole launch."""
-        req, placement = self.request, self.request.placement
-        target = PlacedRole(
-            "target",
-            req.target_model,
-            tuple(req.devices_of(placement.target)),
-            req.trust_remote_code,
-        )
-        draft = PlacedRole(
-            "draft", req.draft_model, tuple(req.devices_of([placement.draft])), req.draft_trust
-        )
+        req = self.request
+        target, draft = req.placed("target"), req.placed("draft")
         if req.mode == "split":
             self._start(supervisor, self._launch_of(supervisor, draft))
             try:  # over tcp the draft's port is known once it has bound

@@ -197,3 +197,25 @@ def test_a_launch_built_on_a_worker_thread_asks_for_no_parent_death_signal(site)
     worker.start()
     worker.join()
     assert not built[0].spec.pdeathsig and launch_of(placed, site).spec.pdeathsig
+
+
+def test_two_daemons_on_one_cpu_share_its_cores_unless_the_user_set_threads(
+    tiny_pair, site, monkeypatch
+):
+    from backends.discovery import discover
+    from ipc.run_spec import RunSpec, check_run
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    models = {"target_model": str(tiny_pair[0]), "draft_model": str(tiny_pair[1])}
+    split = check_run(RunSpec(**models, target=("cpu",), draft="cpu", mode="split"), discover())
+    for role in ("target", "draft"):
+        launch = launch_of(split.placed(role), site)
+        assert launch.env["OMP_NUM_THREADS"] == launch.env["MKL_NUM_THREADS"] == "8"
+
+    inprocess = check_run(RunSpec(**models, target=("cpu",), mode="inprocess"), discover())
+    assert inprocess.placed("target").cpu_threads is None  # one daemon: the whole machine
+    assert "OMP_NUM_THREADS" not in launch_of(inprocess.placed("target"), site).env
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own choice stands
+    assert launch_of(split.placed("draft"), site).env["OMP_NUM_THREADS"] == "3"
