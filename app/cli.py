@@ -21,7 +21,7 @@ from ipc.run_spec import (
     K_LIMIT,
 )
 
-COMMANDS = ("devices", "models", "run", "bench", "runs", "daemon")
+COMMANDS = ("devices", "models", "run", "bench", "runs", "exporter", "daemon")
 DESCRIPTION = """\
 specdeck: speculative decoding experiments across CUDA, HIP and CPU devices.
 
@@ -34,6 +34,7 @@ examples:
   specdeck run --baseline              the bundled demo pair on the first GPU (or the CPU)
   specdeck run --target cuda:0 --draft cuda:1 --prompt "def quicksort(xs):"
   specdeck runs show ID                one recorded run
+  specdeck exporter --port 9464        Prometheus /metrics of the devices and live runs
 
 `specdeck COMMAND --help` lists a command's options."""
 
@@ -156,6 +157,20 @@ GLOBAL_OPTIONS = (
     ("--theme", "NAME", "dashboard theme, e.g. specdeck-dark, specdeck-light"),
 )
 MODELS_DIR_HELP = "one more folder of models for the catalog (repeatable)"
+METRICS_PORT_HELP = (
+    "also serve Prometheus /metrics of this process's devices and run on 127.0.0.1:PORT"
+)
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 to 65535 (0: any free one); argparse reports anything else."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {port}")
+    return port
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--models-dir", action="append", default=[], metavar="DIR", help=MODELS_DIR_HELP
     )
+    parser.add_argument(
+        "--metrics-port", type=port_number, metavar="PORT", help=f"dashboard: {METRICS_PORT_HELP}"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     json_help = "print one JSON document (stable keys) instead of text"
 
@@ -185,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_placement_options(p)
     add_workload_options(p)
     p.add_argument("--json", action="store_true", help=json_help)
+    p.add_argument(
+        "--metrics-port",
+        type=port_number,
+        metavar="PORT",
+        default=argparse.SUPPRESS,  # one given before the command stays
+        help=METRICS_PORT_HELP,
+    )
 
     p = sub.add_parser("bench", help="benchmark placements on a prompt suite")
     add_placement_options(p)
@@ -206,6 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=("show",), help="show one run")
     p.add_argument("run_id", nargs="?", metavar="ID", help="a run id, or a unique prefix of one")
     p.add_argument("--json", action="store_true", help=json_help)
+
+    p = sub.add_parser(
+        "exporter", help="serve Prometheus /metrics of this machine's devices and live runs"
+    )
+    p.add_argument("--port", type=port_number, default=9464, help="TCP port (default: %(default)s)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 lets other machines scrape (default: %(default)s)",
+    )
 
     # started by the supervisor, not by people: left out of the help
     p = sub.add_parser("daemon")
@@ -236,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else 0
     args.models_dir = [*args.models_dir, *getattr(args, "models_dir_after", [])]
     name = args.command or "dashboard"
+    if args.metrics_port is not None and name not in ("dashboard", "run"):
+        print(
+            f"specdeck: --metrics-port is for the dashboard and `specdeck run`, not {name} "
+            "(see `specdeck exporter --help`)",
+            file=sys.stderr,
+        )
+        return 2
     if name == "daemon":  # the supervisor ends its daemons itself
         return _run_command(args, name)
     with raising_on_stop_signals():
@@ -318,13 +360,20 @@ def clean_up_after_killed_runs() -> None:
 
 def _is_user_error(exc: Exception) -> bool:
     from app.config import ConfigError
+    from app.exporter import MetricsPortError
     from backends.base import BadSimulateSpec
     from backends.placement import PlacementError
     from engine.errors import EngineInputError
     from ipc.records import RecordDirError
 
     return isinstance(
-        exc, ConfigError | BadSimulateSpec | PlacementError | EngineInputError | RecordDirError
+        exc,
+        ConfigError
+        | BadSimulateSpec
+        | PlacementError
+        | EngineInputError
+        | RecordDirError
+        | MetricsPortError,
     )
 
 

@@ -16,6 +16,7 @@ from themes.specdeck import DEFAULT_THEME, THEMES, variable_defaults
 
 if TYPE_CHECKING:
     from app.config import Config
+    from app.exporter import MetricsExporter
     from backends.discovery import Inventory
     from backends.sampler import DeviceSampler
     from engine.catalog import ModelInfo
@@ -39,12 +40,24 @@ class DashboardApp(App):
         model_dirs: Sequence[str] = (),
         theme: str | None = None,
         refresh_s: float = 1.0,
+        metrics: MetricsExporter | None = None,
     ) -> None:
+        """`metrics`: the `/metrics` exporter already serving (`--metrics-port`); it follows
+        the dashboard's runs and stops with the app."""
         super().__init__()
         self.config = config
         self.inventory = inventory
         self.sampler = sampler
-        self._main = MainScreen(config, inventory, sampler, models, model_dirs, refresh_s)
+        self.metrics = metrics
+        self._main = MainScreen(
+            config,
+            inventory,
+            sampler,
+            models,
+            model_dirs,
+            refresh_s,
+            follow_run=metrics.follow_run if metrics is not None else None,
+        )
         for t in THEMES:
             self.register_theme(t)
         self._saved_theme = config.theme
@@ -69,6 +82,8 @@ class DashboardApp(App):
     def on_unmount(self) -> None:
         self._main.live_run.close()
         self.sampler.stop()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def _remember_theme(self, theme) -> None:
         """Write the theme the user picked into the config file."""

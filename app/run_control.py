@@ -214,13 +214,18 @@ class LiveRun:
         sampler: SampleFeed | None = None,
         model_dirs: Iterable[str] = (),
         data_dir: Path | None = None,
+        follow_run: Callable[[CheckedRun, str], Callable[[object], None]] | None = None,
     ) -> None:
+        """`follow_run(run, run_id)`: called as each run starts, returns a callback that gets
+        its events too, on the run's thread (`--metrics-port`: the exporter)."""
         self.view = view
         self.deliver = deliver
         self.config = config
         self.sampler = sampler
         self.model_dirs = tuple(model_dirs)
         self.data_dir = data_dir
+        self.follow_run = follow_run
+        self._follower: Callable[[object], None] | None = None  # the run's, from follow_run
         self.handle: ev.RunControl | None = None  # the run going on, from its start to its end
         self.outcome: str | None = None  # how the last run ended: done, stopped or failed
         self.acceptance = AcceptanceFigures()
@@ -371,6 +376,8 @@ class LiveRun:
                 self.deliver(LaunchFailed(str(exc) or type(exc).__name__))
                 return
             self.handle = handle
+            if self.follow_run is not None:  # its events wait on _order: none is missed
+                self._follower = self.follow_run(run, handle.run_id)
             self.deliver(Launched(run, handle.run_id))
 
     def _relay(self, event: ev.RunEvent) -> None:
@@ -378,6 +385,8 @@ class LiveRun:
         with self._order:
             if self.deliver(event) is not False:  # False: the view could not take it
                 self._sent += 1
+            if self._follower is not None:
+                self._follower(event)
 
     # -- on the view's thread -----------------------------------------------------------------
 

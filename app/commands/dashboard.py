@@ -34,6 +34,12 @@ def build_app(args: argparse.Namespace, app_class: Any = None) -> Any:
     sampler = DeviceSampler(
         inventory, interval_s=1.0, history=120, discover_first=vendor_backends()
     )
+    extra = {}
+    if getattr(args, "metrics_port", None) is not None:  # a busy port: exit 2 before drawing
+        from app.exporter import LOCALHOST, MetricsExporter
+
+        extra["metrics"] = MetricsExporter(sampler)
+        extra["metrics"].serve(LOCALHOST, args.metrics_port, option="--metrics-port")
     if app_class is None:
         from app.dashboard import DashboardApp as app_class
     freeze_startup_heap()
@@ -43,6 +49,7 @@ def build_app(args: argparse.Namespace, app_class: Any = None) -> Any:
         sampler,
         model_dirs=[str(d) for d in getattr(args, "models_dir", None) or []],
         theme=theme,
+        **extra,
     )
 
 
@@ -91,6 +98,8 @@ def main(args: argparse.Namespace) -> int:
     finally:
         app.sampler.stop()
         app.inventory.close()
+        if getattr(app, "metrics", None) is not None:
+            app.metrics.close()
     if received:
         return exit_status(Terminated(received[0]))
     return app.return_code or 0

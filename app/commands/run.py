@@ -34,15 +34,28 @@ def main(args: argparse.Namespace) -> int:
     from ipc.runner import start_run
 
     inventory = discover(args.simulate)
+    metrics = None
     try:
+        if args.metrics_port is not None:  # a busy port ends the command before the run starts
+            from app.exporter import RunMetricsServer
+
+            metrics = RunMetricsServer(inventory, args.metrics_port)
         run = check_spec(spec_from_args(args), args, inventory)
         workload = run.workload if run.session else None
         with RunProgress(run.max_new_tokens, sys.stderr.isatty(), workload) as progress:
             handle = start_run(
-                run, inventory=inventory, on_event=progress.show, data_dir=data_dir()
+                run,
+                inventory=inventory,
+                sampler=metrics and metrics.sampler,
+                on_event=metrics.relay(progress.show) if metrics else progress.show,
+                data_dir=data_dir(),
             )
+            if metrics is not None:
+                metrics.started(run, handle.run_id)
             result = handle.wait_to_end()
     finally:
+        if metrics is not None:
+            metrics.close()
         inventory.close()
     if result is None:
         text = handle.error.text if handle.error else "the run stopped"

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from backends.discovery import Inventory
     from backends.sampler import DeviceSampler
     from engine.catalog import ModelInfo
+    from ipc.run_spec import CheckedRun
 
 CHIP_KEYS = Binding.Group("Chip")  # the footer shows `t d Chip`
 MODEL_KEYS = Binding.Group("Model")  # and `T D Model`
@@ -92,8 +93,10 @@ class MainScreen(Screen):
         models: Sequence[ModelInfo] | None,
         model_dirs: Sequence[str] = (),
         refresh_s: float = 1.0,
+        follow_run: Callable[[CheckedRun, str], Callable[[object], None]] | None = None,
     ) -> None:
         super().__init__()
+        self.follow_run = follow_run  # `--metrics-port`: the exporter follows each run too
         self.config = config
         self.inventory = inventory
         self.sampler = sampler
@@ -193,6 +196,7 @@ class MainScreen(Screen):
             sampler=self.sampler,
             model_dirs=self.model_dirs,
             data_dir=data_dir(),
+            follow_run=self.follow_run,
         )
 
     @property

@@ -1,0 +1,311 @@
+"""Prometheus `/metrics`: real HTTP servers scraped with urllib and read with the library's
+own parser, over simulated devices and real runs of the tiny pair."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.exporter import (
+    ACCEPTANCE_LENGTH_BUCKETS,
+    RUN_PHASES,
+    MetricsExporter,
+    MetricsPortError,
+    RunLabels,
+    RunMetrics,
+    RunMetricsServer,
+)
+from backends.discovery import discover
+from backends.sampler import DeviceSampler
+from engine.metrics import StepRecord
+from ipc import events as ev
+from ipc.run_spec import RunSpec, check_run
+from ipc.runner import start_run
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_S = 120  # the longest a test waits for a run of the tiny pair, daemons' start included
+DEVICE_GAUGES = {
+    "specdeck_device_utilization_ratio",
+    "specdeck_device_memory_used_bytes",
+    "specdeck_device_memory_total_bytes",
+    "specdeck_device_power_watts",
+    "specdeck_device_power_limit_watts",
+    "specdeck_device_temperature_celsius",
+}
+
+
+def scrape(url: str) -> dict:
+    """name -> metric family, as Prometheus would read the page."""
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        assert reply.status == 200
+        assert reply.headers["Content-Type"].startswith("text/plain")
+        text = reply.read().decode()
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def samples(families: dict, name: str, **labels: str) -> list:
+    """The samples of one name (a family's, or a histogram's _bucket/_sum/_count) matching."""
+    found = [s for f in families.values() for s in f.samples if s.name == name]
+    return [s for s in found if all(s.labels.get(k) == v for k, v in labels.items())]
+
+
+def value(families: dict, name: str, **labels: str) -> float:
+    (sample,) = samples(families, name, **labels)
+    return sample.value
+
+
+def busy_port() -> socket.socket:
+    """A socket listening on a free port of 127.0.0.1, so that port is taken."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+# -- devices -------------------------------------------------------------------------------
+
+
+def test_eight_simulated_gpus_export_every_reading_and_the_cpu_leaves_out_what_it_lacks():
+    inventory = discover("cuda:8")
+    sampler = DeviceSampler(inventory, interval_s=60)
+    sampler.poll()
+    exporter = MetricsExporter(sampler)
+    server = exporter.serve("127.0.0.1", 0)
+    try:
+        families = scrape(server.url)
+    finally:
+        exporter.close()
+        inventory.close()
+    info = samples(families, "specdeck_device_info")
+    assert {s.labels["device"] for s in info} == {"cpu", *(f"sim-cuda:{i}" for i in range(8))}
+    for name in DEVICE_GAUGES:
+        assert families[name].type == "gauge"
+    for i in range(8):
+        gpu = {"device": f"sim-cuda:{i}"}
+        (labels,) = [s.labels for s in info if s.labels["device"] == gpu["device"]]
+        assert labels == {
+            **gpu,
+            "backend": "cuda",
+            "name": "Simulated NVIDIA H100 80GB HBM3",
+            "simulated": "true",
+            "role": "none",
+        }
+        assert 0 <= value(families, "specdeck_device_utilization_ratio", **gpu) <= 1
+        used = value(families, "specdeck_device_memory_used_bytes", **gpu)
+        assert 0 < used <= value(families, "specdeck_device_memory_total_bytes", **gpu)
+        assert value(families, "specdeck_device_memory_total_bytes", **gpu) == 81_559 * 2**20
+        assert 50 < value(families, "specdeck_device_power_watts", **gpu) < 700
+        assert value(families, "specdeck_device_power_limit_watts", **gpu) == 700
+        assert 20 < value(families, "specdeck_device_temperature_celsius", **gpu) < 100
+    cpu = {"device": "cpu"}
+    assert samples(families, "specdeck_device_info", **cpu)[0].labels["simulated"] == "false"
+    assert 0 <= value(families, "specdeck_device_utilization_ratio", **cpu) <= 1
+    # the host CPU reports no power: the series is absent, not 0
+    assert samples(families, "specdeck_device_power_watts", **cpu) == []
+    assert samples(families, "specdeck_device_power_limit_watts", **cpu) == []
+
+
+def test_a_device_not_read_yet_only_says_it_is_there():
+    inventory = discover("hip:1")
+    exporter = MetricsExporter(DeviceSampler(inventory, interval_s=60))
+    server = exporter.serve("127.0.0.1", 0)
+    try:
+        families = scrape(server.url)
+    finally:
+        exporter.close()
+        inventory.close()
+    assert value(families, "specdeck_device_info", device="sim-hip:0", backend="hip") == 1
+    for name in DEVICE_GAUGES:
+        assert samples(families, name, device="sim-hip:0") == []
+
+
+# -- a run's figures from its events -------------------------------------------------------
+
+
+def step_event(committed: int, accepted: int, drafted: int, new_tokens: int, tps: float):
+    step = StepRecord(
+        index=0,
+        drafted=drafted,
+        accepted=accepted,
+        committed=committed,
+        draft_s=0.01,
+        verify_s=0.01,
+        transport_s=0.0,
+        k=drafted,
+    )
+    return ev.StepEvent(step, (1,) * committed, "x", None, None, (), tps, new_tokens)
+
+
+def test_two_prompts_count_every_token_once_and_the_histogram_holds_each_step():
+    run = RunMetrics(RunLabels("r1", "t", "d", ("cuda:0", "cuda:1"), "cuda:1", "inprocess"))
+    events = [
+        ev.StatusEvent("target", "loading", "loading t"),
+        ev.StatusEvent("target", "prefill", "prefill of 5 prompt tokens"),
+        ev.StatusEvent("target", "decode", "decoding"),
+        step_event(5, 4, 4, 6, 50.0),  # 1 token at the prefill + 5
+        step_event(1, 0, 4, 7, 40.0),
+        ev.PromptEvent(0, 2),
+        ev.StatusEvent("target", "prefill", "prefill of 3 prompt tokens"),
+        step_event(3, 2, 4, 4, 30.0),
+        ev.StatusEvent("target", "decode", "baseline: target-only decoding"),
+    ]
+    for event in events:
+        run.observe(event)
+    figures = run.figures()
+    assert (figures.tokens, figures.steps, figures.accepted_tokens) == (11, 3, 6)
+    assert figures.drafted_tokens == 12 and figures.prompts == 1
+    assert figures.phase == "baseline" and figures.decode_tokens_per_s == 30.0
+    buckets = dict(figures.acceptance_length_buckets())
+    assert (buckets["1.0"], buckets["2.0"], buckets["3.0"], buckets["5.0"]) == (1, 1, 2, 3)
+    assert buckets["+Inf"] == 3 and figures.acceptance_length_sum == 9
+    run.observe(ev.StatusEvent("run", "done"))
+    run.observe(ev.StatusEvent("target", "stopped"))  # a daemon's last words change nothing
+    assert run.figures().phase == "done" and not run.figures().live
+
+
+# -- a real run, as `specdeck run --metrics-port` serves it ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def served_run(tiny_pair, tmp_path_factory):
+    """A split run of the tiny pair on two simulated GPUs, served as `run --metrics-port`
+    serves it: scraped once at its first step (live) and once after its end."""
+    data = tmp_path_factory.mktemp("served-run")
+    inventory = discover("cuda:2")
+    spec = RunSpec(
+        target_model=str(tiny_pair[0]),
+        draft_model=str(tiny_pair[1]),
+        target=("sim-cuda:0",),
+        draft="sim-cuda:1",
+        mode="split",
+        k=4,
+        prompts=("def add(a, b):\n    return",),
+        max_new_tokens=40,
+        warmup_tokens=0,
+    )
+    checked = check_run(spec, inventory)
+    metrics = RunMetricsServer(inventory, 0)
+    live, steps = {}, []
+
+    def watch(event: ev.RunEvent) -> None:
+        if isinstance(event, ev.StepEvent):
+            steps.append(event)
+            if len(steps) == 1:  # on the run's thread: the run is certainly going on
+                live.update(scrape(metrics.server.url))
+
+    try:
+        handle = start_run(
+            checked,
+            inventory=inventory,
+            sampler=metrics.sampler,
+            on_event=metrics.relay(watch),
+            data_dir=data,
+        )
+        metrics.started(checked, handle.run_id)
+        result = handle.wait(RUN_S)
+        assert handle.error is None and result is not None
+        ended = scrape(metrics.server.url)
+    finally:
+        metrics.close()
+        inventory.close()
+    return {"live": live, "ended": ended, "result": result, "steps": steps, "data": data}
+
+
+def test_a_live_run_puts_its_roles_on_its_devices_and_its_phase_on_decode(served_run):
+    live, result = served_run["live"], served_run["result"]
+    roles = {s.labels["device"]: s.labels["role"] for s in samples(live, "specdeck_device_info")}
+    assert roles == {"cpu": "none", "sim-cuda:0": "target", "sim-cuda:1": "draft"}
+    run = {"run_id": result["run_id"]}
+    assert value(live, "specdeck_run_phase", phase="decode", **run) == 1
+    assert sum(s.value for s in samples(live, "specdeck_run_phase", **run)) == 1
+    assert value(live, "specdeck_run_steps_total", **run) >= 1
+    # the devices' readings come from the sampler the run records from
+    assert samples(live, "specdeck_device_utilization_ratio", device="sim-cuda:0")
+
+
+def test_an_ended_run_exports_the_figures_of_its_record(served_run):
+    ended, result, steps = served_run["ended"], served_run["result"], served_run["steps"]
+    labels = {
+        "run_id": result["run_id"],
+        "target_model": str(served_run["result"]["target_model"]),
+        "draft_model": str(served_run["result"]["draft_model"]),
+        "placement": "target=sim-cuda:0 draft=sim-cuda:1",
+        "mode": "split",
+    }
+    for name in ("tokens", "steps", "accepted_tokens", "drafted_tokens", "prompts"):
+        assert ended[f"specdeck_run_{name}"].type == "counter"
+        (sample,) = samples(ended, f"specdeck_run_{name}_total")
+        assert sample.labels == labels
+    total = lambda name: value(ended, f"specdeck_run_{name}_total", **labels)  # noqa: E731
+    assert total("tokens") == result["new_tokens"] == 40
+    assert total("steps") == result["steps"] == len(steps)
+    assert total("accepted_tokens") == sum(e.step.accepted for e in steps)
+    assert total("drafted_tokens") == sum(e.step.drafted for e in steps)
+    assert total("accepted_tokens") / total("drafted_tokens") == pytest.approx(
+        result["acceptance_rate"]
+    )
+    assert ended["specdeck_run_acceptance_length"].type == "histogram"
+    count = value(ended, "specdeck_run_acceptance_length_count", **labels)
+    assert count == result["steps"]
+    al_sum = value(ended, "specdeck_run_acceptance_length_sum", **labels)
+    assert al_sum / count == pytest.approx(result["mean_acceptance_length"])
+    buckets = samples(ended, "specdeck_run_acceptance_length_bucket", **labels)
+    assert [float(b.labels["le"]) for b in buckets] == [*ACCEPTANCE_LENGTH_BUCKETS, float("inf")]
+    for bucket in buckets:  # each bucket counts the steps of at most that many tokens
+        le = float(bucket.labels["le"])
+        assert bucket.value == sum(1 for e in steps if e.step.committed <= le)
+    assert value(ended, "specdeck_run_decode_tokens_per_second", **labels) == (
+        steps[-1].decode_tokens_per_s
+    )
+    phases = {s.labels["phase"]: s.value for s in samples(ended, "specdeck_run_phase", **labels)}
+    assert phases == {phase: float(phase == "done") for phase in RUN_PHASES}
+    # the run is over: its devices carry no role any more
+    roles = {s.labels["role"] for s in samples(ended, "specdeck_device_info")}
+    assert roles == {"none"}
+
+
+# -- busy ports ----------------------------------------------------------------------------
+
+
+def test_a_busy_port_is_one_line_and_exit_2_before_any_run(capsys, tmp_path):
+    from app.cli import main
+
+    taken = busy_port()
+    try:
+        port = taken.getsockname()[1]
+        code = main(["run", "--metrics-port", str(port)])
+    finally:
+        taken.close()
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == f"specdeck: --metrics-port {port}: the port is in use on 127.0.0.1 " \
+        "(another exporter?)\n"  # fmt: skip
+    assert not (tmp_path / "data" / "runs").exists()  # no run started, no record made
+
+
+def test_the_dashboard_refuses_a_busy_port_before_it_draws():
+    from app.cli import build_parser
+    from app.commands.dashboard import build_app
+
+    taken = busy_port()
+    try:
+        port = taken.getsockname()[1]
+        args = build_parser().parse_args(["--simulate", "cuda:1", "--metrics-port", str(port)])
+        with pytest.raises(MetricsPortError, match=f"--metrics-port {port}: the port is in use"):
+            build_app(args)
+    finally:
+        taken.close()
+
+
+def test_metrics_port_is_refused_where_it_means_nothing(capsys):
+    from app.cli import main
+
+    assert main(["--metrics-port", "9464", "devices"]) == 2
+    assert "--metrics-port is for the dashboard and `specdeck run`" in capsys.readouterr().err
+    assert main(["run", "--metrics-port", "70000"]) == 2
+    assert "a port is 0 to 65535, not 70000" in capsys.readouterr().err
