@@ -89,6 +89,15 @@ def test_a_tcp_launch_holds_its_secret_key_outside_the_spec_argv_and_environment
         ipc.stop()
 
 
+def test_an_unknown_transport_is_one_line_and_exit_2(tiny_pair, capsys):
+    from app.cli import main
+
+    models = ["--target-model", str(tiny_pair[0]), "--draft-model", str(tiny_pair[1])]
+    assert main(["run", *models, "--transport", "udp"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "specdeck: unknown transport 'udp' (ipc or tcp)\n"
+
+
 # -- live daemons ---------------------------------------------------------------------------
 
 
