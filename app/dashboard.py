@@ -128,7 +128,9 @@ class DashboardApp(App):
 
     async def action_quit(self) -> None:
         """Stop every daemon, then leave."""
-        if self._main.live_run.busy:
+        if self._main.live_run.watched:
+            self._main.live_run.close()  # only stops watching: the run is another process's
+        elif self._main.live_run.busy:
             self.notify("stopping the daemons…")
             import asyncio
 

@@ -218,8 +218,13 @@ class RunMetrics:
         if state == "prefill" and role == "target":
             self._generation_tokens = 0
             self._set(phase="prefill")
+        elif state == "decode" and role == "target" and text.startswith("baseline"):
+            self._set(phase="baseline")
         elif state == "decode" and role == "target":
-            self._set(phase="baseline" if text.startswith("baseline") else "decode")
+            # said once the prefill chose the first token, which no step carries
+            first = 1 if self._generation_tokens == 0 else 0
+            self._generation_tokens += first
+            self._set(phase="decode", tokens=self._figures.tokens + first)
         elif state in ("loading", "ready"):
             self._set(phase="loading")
         elif state in ("starting", "capture"):

@@ -4,7 +4,9 @@
 thread: it reads model files), starts it (`ipc.runner.start_run`), turns the run's events into
 the figures, output text, log lines and state the screen shows, and stops the run. Whatever
 comes from another thread reaches `LiveRun.apply` through `deliver`, which the screen makes a
-message to itself; so the view is only ever called on its own thread.
+message to itself; so the view is only ever called on its own thread. A run that another
+process started can be watched instead (`LiveRun.watch`): a `WatchedRun` reads its watch
+endpoint (`ipc.watch`) and its events fill the same figures, read-only.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from backends.sampler import SampleFeed
     from ipc import events as ev
     from ipc.run_spec import CheckedRun, RunSpec
+    from ipc.watch import LiveWatch, RunHeader
 
 RUN_OVER = ("done", "stopped", "failed")
 HISTORY = 240  # steps of AL and tokens/s history kept for the sparklines
@@ -128,6 +131,107 @@ class LaunchFailed:
     """The checked run could not start (a data folder that cannot be written, a bug)."""
 
     text: str
+
+
+@dataclass(frozen=True)
+class Watching:
+    """A run of another process is being watched (delivered ahead of any of its events)."""
+
+    header: RunHeader
+
+
+@dataclass(frozen=True)
+class WatchFailed:
+    """The run asked for could not be watched (it ended, it never answered); one line."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class FromWatch:
+    """An item of a watched run, tagged with it: one from a watch left since is dropped."""
+
+    run: WatchedRun
+    item: object
+
+
+class WatchedRun:
+    """A run that another process started, as a read-only `ipc.events.RunControl`: its
+    events come from its watch endpoint; `stop()` is refused, `close()` only stops watching."""
+
+    read_only = True
+
+    def __init__(self, live: LiveWatch, relay: Callable[[object], object]) -> None:
+        self.run_id = live.run_id
+        self.record_dir = live.record_dir
+        self.owner_pid = int(live.owner.get("pid", 0))
+        self.error: ev.ErrorEvent | None = None
+        self.result: dict | None = None
+        self._live = live
+        self._relay = relay
+        self._pids: dict[str, int] = {}
+        self._leave = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._read, name=f"watch-{live.run_id}", daemon=True)
+
+    def start(self) -> None:
+        """Subscribe and relay what comes, on a thread of its own."""
+        self._thread.start()
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """role -> pid of each daemon the run has said it started."""
+        return dict(self._pids)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run has ended (or this watch was closed)."""
+        return self._done.is_set()
+
+    def stop(self) -> None:
+        """Refused: the run belongs to the process that started it."""
+        raise PermissionError(
+            f"run {self.run_id} is watched read-only: stop it where it was started "
+            f"(pid {self.owner_pid})"
+        )
+
+    def close(self) -> None:
+        """Stop watching; the run goes on."""
+        self._leave.set()
+
+    def wait(self, timeout: float | None = None) -> dict | None:
+        """The run's document once it ended, or None (failed, stopped, still going)."""
+        self._done.wait(timeout)
+        return self.result
+
+    def wait_to_end(self) -> dict | None:
+        return self.wait()
+
+    def _read(self) -> None:
+        from ipc import events as ev
+        from ipc.watch import WatchError, WatchFeed
+
+        try:
+            with WatchFeed(self._live) as feed:
+                header = feed.hello()
+                self._relay(Watching(header))
+                while not feed.ended and not self._leave.is_set():
+                    item = feed.next(0.25)
+                    match item:
+                        case ev.DaemonEvent(role=role, pid=pid):
+                            self._pids[role] = pid
+                        case ev.ErrorEvent():
+                            self.error = item
+                        case ev.DoneEvent(result=result):
+                            self.result = result
+                    if item is not None and not hasattr(item, "device_id"):  # not a Sample
+                        self._relay(item)
+        except WatchError as exc:
+            self._relay(WatchFailed(str(exc)))
+        except Exception as exc:  # a bug in reading must not end the dashboard
+            self._relay(WatchFailed(f"{type(exc).__name__}: {exc}"))
+        finally:
+            self._done.set()
 
 
 class RunView(Protocol):
@@ -250,7 +354,7 @@ class LiveRun:
         run is going on. What comes of it arrives through `deliver`: LaunchRefused, or
         LaunchFailed, or Launched followed by the run's events."""
         if self.busy:
-            self.view.notify("a run is already going on; stop it first", severity="warning")
+            self._say_busy()
             return False
         self._checking = True
         self._taken = 0
@@ -259,11 +363,53 @@ class LiveRun:
         ).start()
         return True
 
+    @property
+    def watched(self) -> bool:
+        """Whether the run on screen is another process's, watched read-only."""
+        return getattr(self.handle, "read_only", False)
+
+    def watch(self, live: LiveWatch) -> bool:
+        """Fill the panes from a run another process started (read-only); False, and a
+        notice, while a run is on screen. What comes arrives through `deliver`: WatchFailed,
+        or Watching followed by the run's events."""
+        if self.busy:
+            self._say_busy()
+            return False
+        self._taken = self._sent = 0
+        handle = WatchedRun(live, lambda item: self._relay_watched(handle, item))
+        self.handle = handle
+        handle.start()
+        return True
+
+    def unwatch(self) -> bool:
+        """Stop watching the run on screen (it goes on); False, and a notice, when none is."""
+        if not self.watched:
+            self.view.notify("no run is being watched", severity="warning")
+            return False
+        handle = self.handle
+        handle.close()
+        self.view.add_log(f"stopped watching run {handle.run_id}; it goes on")
+        self._run_over("stopped watching")
+        return True
+
+    def _say_busy(self) -> None:
+        if self.watched:
+            text = f"watching run {self.handle.run_id}; press u to stop watching first"
+        else:
+            text = "a run is already going on; stop it first"
+        self.view.notify(text, severity="warning")
+
     def stop(self) -> bool:
         """Ask the run going on to stop (its daemons end, its record is kept); False, and a
-        notice, when there is none."""
+        notice, when there is none or it is another process's (watched read-only)."""
         if self.handle is None:
             self.view.notify("no run is going on", severity="warning")
+            return False
+        if self.watched:
+            try:
+                self.handle.stop()
+            except PermissionError as exc:
+                self.view.notify(str(exc), title="cannot stop", severity="warning")
             return False
         self.view.show_status("stopping…")
         try:
@@ -277,7 +423,9 @@ class LiveRun:
         with self._order:
             self._closed = True
             handle = self.handle
-        if handle is not None:
+        if getattr(handle, "read_only", False):
+            handle.close()  # a watched run is not ours to stop
+        elif handle is not None:
             try:
                 handle.stop()
                 handle.wait(timeout_s)
@@ -299,11 +447,20 @@ class LiveRun:
         """Take in one delivered item (a launch outcome or a run event) and tell the view."""
         from ipc import events as ev  # loads with the first run, not the first frame
 
-        if not isinstance(item, Launched | LaunchRefused | LaunchFailed):
+        if isinstance(item, FromWatch):
+            if item.run is not self.handle:
+                return  # from a watch left since: it no longer fills the panes
+            item = item.item
+        if not isinstance(item, Launched | LaunchRefused | LaunchFailed | Watching | WatchFailed):
             self._taken += 1
         match item:
             case Launched():
                 self._launched(item)
+            case Watching():
+                self._watching(item.header)
+            case WatchFailed(text=text):
+                self.handle = None
+                self.view.notify(text, title="cannot watch", severity="error")
             case LaunchRefused(text=text):
                 self._checking = False
                 self.view.notify(text, title="cannot launch", severity="error")
@@ -380,6 +537,15 @@ class LiveRun:
                 self._follower = self.follow_run(run, handle.run_id)
             self.deliver(Launched(run, handle.run_id))
 
+    def _relay_watched(self, run: WatchedRun, item: object) -> None:
+        """Hand an item of a watched run on from its reader's thread, while it is watched."""
+        with self._order:
+            if run is not self.handle:
+                return  # left since
+            delivered = self.deliver(FromWatch(run, item)) is not False
+            if delivered and not isinstance(item, Watching | WatchFailed):
+                self._sent += 1
+
     def _relay(self, event: ev.RunEvent) -> None:
         """Hand a run event on from the run's thread, never ahead of its Launched."""
         with self._order:
@@ -403,6 +569,23 @@ class LiveRun:
         where = f"target on {', '.join(run.placement.target)}, draft on {run.placement.draft}"
         self.view.add_log(f"launched {run.target.name} + {run.draft.name} ({run.mode}; {where})")
         self.view.show_status(f"starting run {launched.run_id}")
+
+    def _watching(self, header: RunHeader) -> None:
+        self.outcome = None
+        self.daemons = {}
+        self.acceptance, self.throughput = AcceptanceFigures(), ThroughputFigures()
+        self.output = ""
+        self.view.show_figures(self.acceptance, self.throughput)
+        self.view.begin_output(str(header.options.get("prompt", "")))
+        self.view.show_running(True)
+        placement = header.placement
+        where = f"target on {', '.join(placement.get('target') or [])}, draft on "
+        where += str(placement.get("draft"))
+        self.view.add_log(
+            f"watching run {header.run_id} of pid {header.pid}, read-only: "
+            f"{header.target_model} + {header.draft_model} ({header.mode}; {where})"
+        )
+        self.view.show_status(f"watching run {header.run_id}")
 
     def _step(self, event: ev.StepEvent) -> None:
         step = event.step
@@ -435,8 +618,12 @@ class LiveRun:
     def _run_over(self, state: str) -> None:
         if self.handle is None:  # already ended (its last event after `notice_end`)
             return
+        if self.watched and state in RUN_OVER:
+            text = f"the watched run {self.handle.run_id} has ended: {state}"
+            self.view.add_log(text, "warning" if state == "failed" else "info")
+            self.view.notify(text, title="run over")
         self.handle = None
-        self.outcome = state
+        self.outcome = state if state in RUN_OVER else self.outcome
         self.daemons = {}
         self.throughput = replace(self.throughput, now=None)  # no step goes on: no rate "now"
         self.view.show_running(False)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from backends.discovery import Inventory
     from backends.sampler import DeviceSampler
     from engine.catalog import ModelInfo
+    from ipc.watch import LiveWatch
     from ipc.run_spec import CheckedRun
 
 CHIP_KEYS = Binding.Group("Chip")  # the footer shows `t d Chip`
@@ -81,6 +82,7 @@ class MainScreen(Screen):
         Binding("k", "edit_k", "k/temp"),
         Binding("b", "toggle_baseline", "Baseline"),
         Binding("r", "runs", "Runs"),
+        Binding("u", "unwatch", "Unwatch"),  # shown only while watching another's run
         Binding("c", "focus_cards", "Cards"),
         Binding("escape", "focus_cards", "Cards", show=False),
     ]
@@ -301,12 +303,15 @@ class MainScreen(Screen):
         """Redraw the roles on every card, with their daemons' pids, after either changed."""
         grid = self.query_one(DeviceGrid)
         daemons = self.live_run.daemons
+        watched = self.live_run.watched  # the cards show the watched run's roles, not ours
         for device in self.inventory.devices:
             card = grid.card(device.id)
             if card is None:
                 continue
             placed = []
-            for role in self.board.roles_on(device.id):
+            if watched:
+                placed = [(r, d.pid) for r, d in daemons.items() if device.id in d.device_ids]
+            for role in () if watched else self.board.roles_on(device.id):
                 daemon = daemons.get(role)
                 here = daemon is not None and device.id in daemon.device_ids
                 placed.append((role, daemon.pid if here else None))
@@ -430,7 +435,20 @@ class MainScreen(Screen):
     def action_runs(self) -> None:
         from app.screens.runs import RunsScreen
 
-        self.app.push_screen(RunsScreen())
+        self.app.push_screen(RunsScreen(watch=self.watch_run))
+
+    def watch_run(self, live: LiveWatch) -> None:
+        """Fill the live panes from a run another process started (read-only)."""
+        self._when_filled(lambda: self.live_run.watch(live))
+
+    def action_unwatch(self) -> None:
+        """Stop watching another process's run; it goes on."""
+        self.live_run.unwatch()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "unwatch":  # the footer offers it only while a run is watched
+            return "live_run" in self.__dict__ and self.live_run.watched
+        return True
 
     @on(Input.Submitted)
     def _on_input_submitted(self, event: Input.Submitted) -> None:
@@ -512,6 +530,7 @@ class MainScreen(Screen):
 
     def show_running(self, running: bool) -> None:
         self.query_one(RunControls).set_running(running)
+        self.refresh_bindings()  # Unwatch comes and goes with a watched run
 
     def show_daemons(self, daemons: Mapping[str, RunningDaemon]) -> None:
         self._show_board()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from rich.table import Table
@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Static
 from app.widgets.figures import NA, number, percent
 
 MUTED_STYLE = "dim"  # the labels column
+LIVE_STATUS = "● live"  # a run going on now, which `w` opens in the main screen
 
 COLUMNS = (
     "run",
@@ -42,14 +43,15 @@ class RunsTable(DataTable):
     def on_mount(self) -> None:
         self.add_columns(*COLUMNS)
 
-    def show(self, runs: Sequence[Any]) -> None:
-        """Fill the table from `ipc.records.RunSummary` items (list_runs: newest first)."""
+    def show(self, runs: Sequence[Any], live: Collection[str] = ()) -> None:
+        """Fill the table from `ipc.records.RunSummary` items (list_runs: newest first); the
+        runs in `live` are going on now and can be watched."""
         self.clear()
         for r in runs:
             self.add_row(
                 self._mark(r.run_id),
                 r.started[:19].replace("T", " "),
-                r.status,
+                LIVE_STATUS if r.run_id in live else r.status,
                 r.target_model,  # as recorded: the catalog name, else the folder as given
                 r.draft_model,
                 r.placement,
@@ -60,11 +62,18 @@ class RunsTable(DataTable):
                 key=r.run_id,
             )
 
+    @property
+    def current_run_id(self) -> str | None:
+        """The run under the cursor, if any."""
+        if not self.row_count:
+            return None
+        return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+
     def toggle_mark(self) -> list[str]:
         """Mark or unmark the row under the cursor; at most two stay marked."""
-        if not self.row_count:
+        run_id = self.current_run_id
+        if run_id is None:
             return self.marked
-        run_id = str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
         if run_id in self.marked:
             self.marked.remove(run_id)
         else:

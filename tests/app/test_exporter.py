@@ -3,7 +3,13 @@ own parser, over simulated devices and real runs of the tiny pair."""
 
 from __future__ import annotations
 
+import queue
+import select
+import signal
 import socket
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,6 +30,7 @@ from backends.discovery import discover
 from backends.sampler import DeviceSampler
 from engine.metrics import StepRecord
 from ipc import events as ev
+from ipc.records import load_run
 from ipc.run_spec import RunSpec, check_run
 from ipc.runner import start_run
 
@@ -57,6 +64,18 @@ def samples(families: dict, name: str, **labels: str) -> list:
 def value(families: dict, name: str, **labels: str) -> float:
     (sample,) = samples(families, name, **labels)
     return sample.value
+
+
+def until(check, what: str, timeout_s: float = RUN_S):
+    """Call `check()` until it returns something true (a scrape that shows a state), and
+    return that; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)  # the next scrape, not a guess at when the state comes
+    raise AssertionError(f"waited {timeout_s} s for {what}; it never came")
 
 
 def busy_port() -> socket.socket:
@@ -152,13 +171,16 @@ def test_two_prompts_count_every_token_once_and_the_histogram_holds_each_step():
         ev.PromptEvent(0, 2),
         ev.StatusEvent("target", "prefill", "prefill of 3 prompt tokens"),
         step_event(3, 2, 4, 4, 30.0),
+        ev.PromptEvent(1, 3),
+        ev.StatusEvent("target", "prefill", "prefill of 3 prompt tokens"),
+        ev.StatusEvent("target", "decode", "decoding"),  # one token, then stopped: no step
         ev.StatusEvent("target", "decode", "baseline: target-only decoding"),
     ]
     for event in events:
         run.observe(event)
     figures = run.figures()
-    assert (figures.tokens, figures.steps, figures.accepted_tokens) == (11, 3, 6)
-    assert figures.drafted_tokens == 12 and figures.prompts == 1
+    assert (figures.tokens, figures.steps, figures.accepted_tokens) == (12, 3, 6)
+    assert figures.drafted_tokens == 12 and figures.prompts == 2
     assert figures.phase == "baseline" and figures.decode_tokens_per_s == 30.0
     buckets = dict(figures.acceptance_length_buckets())
     assert (buckets["1.0"], buckets["2.0"], buckets["3.0"], buckets["5.0"]) == (1, 1, 2, 3)
@@ -309,3 +331,191 @@ def test_metrics_port_is_refused_where_it_means_nothing(capsys):
     assert "--metrics-port is for the dashboard and `specdeck run`" in capsys.readouterr().err
     assert main(["run", "--metrics-port", "70000"]) == 2
     assert "a port is 0 to 65535, not 70000" in capsys.readouterr().err
+
+
+# -- the dashboard's run ---------------------------------------------------------------------
+
+
+class Unseen:
+    """A view of the dashboard's run that shows nothing: here only /metrics is looked at."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+@pytest.mark.slow
+def test_the_dashboards_run_is_exported_from_launch_to_end(tiny_pair, tmp_path):
+    from app.config import load_config
+    from app.run_control import Launched, LiveRun
+
+    inventory = discover()
+    sampler = DeviceSampler(inventory, interval_s=60)
+    sampler.poll()
+    exporter = MetricsExporter(sampler)
+    server = exporter.serve("127.0.0.1", 0)
+    delivered, launched = queue.Queue(), []
+    live = LiveRun(
+        Unseen(),
+        delivered.put,
+        config=load_config(),
+        sampler=sampler,
+        data_dir=tmp_path / "data",
+        follow_run=exporter.follow_run,
+    )
+
+    def follow(until, what: str) -> None:
+        """Apply each delivered item on this thread, as the screen does, until `until()`."""
+        deadline = time.monotonic() + RUN_S
+        while not until():
+            try:
+                item = delivered.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                raise AssertionError(f"waited {RUN_S} s for {what}; it never came") from None
+            if isinstance(item, Launched):
+                launched.append(item.run_id)
+            live.apply(item)
+
+    target, draft = tiny_pair
+    spec = RunSpec(
+        target_model=str(target),
+        draft_model=str(draft),
+        target=("cpu",),
+        draft="cpu",
+        mode="inprocess",
+        prompts=("def add(a, b):\n    return",),
+        max_new_tokens=24,
+    )
+    try:
+        assert live.launch(spec, inventory)
+        follow(lambda: live.acceptance.history, "the first step")
+        shown = scrape(server.url)
+        follow(lambda: not live.busy, "the run's end")
+        ended = scrape(server.url)
+    finally:
+        live.close()
+        exporter.close()
+        inventory.close()
+    (run_id,) = launched
+    info = samples(shown, "specdeck_device_info", device="cpu")
+    assert info[0].labels["role"] == "target+draft"  # both roles on the CPU, one daemon
+    assert value(shown, "specdeck_run_steps_total", run_id=run_id) >= 1
+    summary = load_run(tmp_path / "data", run_id)["summary"]
+    labels = {"run_id": run_id, "mode": "inprocess", "placement": "target=cpu draft=cpu"}
+    assert value(ended, "specdeck_run_tokens_total", **labels) == summary["new_tokens"]
+    assert value(ended, "specdeck_run_steps_total", **labels) == summary["steps"]
+    assert value(ended, "specdeck_run_phase", phase="done", **labels) == 1
+    assert samples(ended, "specdeck_device_info", device="cpu")[0].labels["role"] == "none"
+
+
+# -- `specdeck exporter` ---------------------------------------------------------------------
+
+
+def start_exporter(*argv: str) -> tuple[subprocess.Popen, str]:
+    """`specdeck exporter` in a process of its own, and the URL it says it serves."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *argv],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ready, _, _ = select.select([process.stderr], [], [], 60)
+    line = process.stderr.readline() if ready else ""
+    if not line.startswith("specdeck: serving "):
+        process.kill()
+        raise AssertionError(f"the exporter did not start: {line!r} {process.stderr.read()}")
+    return process, line.split()[-1]
+
+
+def scrape_or_none(url: str) -> dict | None:
+    try:
+        return scrape(url)
+    except urllib.error.URLError:
+        return None
+
+
+@pytest.mark.slow
+def test_the_exporter_command_serves_the_devices_and_a_run_another_process_started(tiny_pair):
+    process, url = start_exporter("--simulate", "cuda:8", "exporter", "--port", "0")
+    handle = None
+    try:
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
+
+        def devices_read():
+            families = scrape_or_none(url)
+            found = families and samples(families, "specdeck_device_power_watts")
+            return families if found and len(found) == 8 else None
+
+        families = until(devices_read, "the devices' first readings")
+        assert len(samples(families, "specdeck_device_info")) == 9  # 8 GPUs and the CPU
+
+        inventory = discover("cuda:8")
+        run = RunSpec(
+            target_model=str(tiny_pair[0]),
+            draft_model=str(tiny_pair[1]),
+            target=("sim-cuda:3",),
+            draft="sim-cuda:5",
+            mode="split",
+            k=3,
+            prompts=("def add(a, b):\n    return",),
+            max_new_tokens=16,
+            duration="10m",  # a workload that goes on until it is stopped
+            warmup_tokens=0,
+        )
+        handle = start_run(check_run(run, inventory), inventory=inventory)
+        labels = {"run_id": handle.run_id, "placement": "target=sim-cuda:3 draft=sim-cuda:5"}
+
+        def prompts_done():
+            families = scrape_or_none(url)
+            found = families and samples(families, "specdeck_run_prompts_total", **labels)
+            return families if found and found[0].value >= 1 else None
+
+        live = until(prompts_done, "the run's first prompt, seen by the exporter")
+        roles = {
+            s.labels["device"]: s.labels["role"] for s in samples(live, "specdeck_device_info")
+        }
+        assert roles["sim-cuda:3"] == "target" and roles["sim-cuda:5"] == "draft"
+        assert {roles[f"sim-cuda:{i}"] for i in (0, 1, 2, 4, 6, 7)} == {"none"}
+        assert value(live, "specdeck_run_steps_total", **labels) >= 1
+        assert value(live, "specdeck_run_tokens_total", **labels) >= 16
+        assert value(live, "specdeck_run_phase", phase="stopped", **labels) == 0
+
+        handle.stop()
+        result = handle.wait(RUN_S)
+
+        def stopped():
+            families = scrape_or_none(url)
+            found = families and samples(families, "specdeck_run_phase", phase="stopped", **labels)
+            return families if found and found[0].value == 1 else None
+
+        ended = until(stopped, "the run's end, seen by the exporter")
+        # the exporter came in before the first step: it counted every one
+        assert value(ended, "specdeck_run_steps_total", **labels) == result["steps"]
+        assert value(ended, "specdeck_run_tokens_total", **labels) == result["new_tokens"]
+        assert {s.labels["role"] for s in samples(ended, "specdeck_device_info")} == {"none"}
+    finally:
+        if handle is not None:
+            handle.stop()
+            handle.wait(RUN_S)
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(30)
+    assert status == 128 + signal.SIGTERM
+
+
+def test_the_exporter_command_on_a_busy_port_says_so_and_exits_2():
+    taken = busy_port()
+    try:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "app.cli", "exporter", "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        taken.close()
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"specdeck: --port {port}: the port is in use on 127.0.0.1 (another exporter?)\n"
+    )
