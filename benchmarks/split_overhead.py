@@ -44,7 +44,10 @@ def machine() -> str:
     )
 
 
-def one_run(args: argparse.Namespace, mode: str, prompt: str, data_dir: str) -> dict:
+def one_run(
+    args: argparse.Namespace, mode: str, prompt: str, data_dir: str, transport: str = "ipc"
+) -> dict:
+    """One run's document: the models, device, k and tokens of `args`, in this mode."""
     spec = RunSpec(
         target_model=args.target_model,
         draft_model=args.draft_model,
@@ -54,12 +57,14 @@ def one_run(args: argparse.Namespace, mode: str, prompt: str, data_dir: str) -> 
         k=args.k,
         prompts=(prompt,),
         max_new_tokens=args.tokens,
+        transport=transport,
     )
     inventory = discover(args.simulate)
     handle = start_run(check_run(spec, inventory), inventory=inventory, data_dir=data_dir)
     result = handle.wait()
     if result is None:
-        raise SystemExit(f"{mode} run failed: {handle.error.text if handle.error else '?'}")
+        why = handle.error.text if handle.error else "?"
+        raise SystemExit(f"{mode} run over {transport} failed: {why}")
     return result
 
 

@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     from backends.discovery import Inventory
     from backends.sampler import DeviceSampler
     from engine.catalog import ModelInfo
-    from ipc.watch import LiveWatch
     from ipc.run_spec import CheckedRun
+    from ipc.watch import LiveWatch
 
 CHIP_KEYS = Binding.Group("Chip")  # the footer shows `t d Chip`
 MODEL_KEYS = Binding.Group("Model")  # and `T D Model`

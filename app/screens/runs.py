@@ -15,7 +15,6 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from app.widgets.runs import RunComparison, RunsTable
 
-
 if TYPE_CHECKING:
     from ipc.watch import LiveWatch
 
