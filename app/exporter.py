@@ -483,13 +483,13 @@ class WatchedRuns:
         """Follow the runs that began since the last scan; stop exporting long-finished ones."""
         from ipc.watch import live_runs
 
-        for live in live_runs(self.data_dir):
-            if live.run_id in self._followed:
-                continue
-            self._followed.add(live.run_id)
-            threading.Thread(
-                target=self._follow, args=(live,), name=f"watch-{live.run_id}", daemon=True
-            ).start()
+        live = live_runs(self.data_dir)
+        for run in live:
+            if run.run_id not in self._followed:
+                threading.Thread(
+                    target=self._follow, args=(run,), name=f"watch-{run.run_id}", daemon=True
+                ).start()
+        self._followed = {run.run_id for run in live}  # a run is read once, while it lives
         now = time.monotonic()
         with self._lock:
             for key, (run, ended) in list(self._ended.items()):
@@ -504,6 +504,7 @@ class WatchedRuns:
     def _follow(self, live: LiveWatch) -> None:
         from ipc.watch import WatchError, WatchFeed
 
+        run = None
         try:
             with WatchFeed(live) as feed:
                 run = self.exporter.add(RunMetrics(RunLabels.of_header(feed.hello())))
@@ -511,12 +512,14 @@ class WatchedRuns:
                     item = feed.next(WATCH_POLL_S)
                     if item is not None:
                         run.observe(item)
-        except WatchError as exc:
+        except WatchError as exc:  # it ended before it answered
             log.info("cannot watch run %s: %s", live.run_id, exc)
-            return
-        if not run.figures().live:
-            with self._lock:
-                self._ended[id(run)] = (run, time.monotonic())
+        except Exception:  # one unreadable run must not stop the exporter
+            log.exception("watching run %s failed", live.run_id)
+        finally:
+            if run is not None:  # its last figures stay a while, then go
+                with self._lock:
+                    self._ended[id(run)] = (run, time.monotonic())
 
 
 def _listen_problem(exc: OSError, host: str, port: int, option: str) -> str:

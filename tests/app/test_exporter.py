@@ -519,3 +519,26 @@ def test_the_exporter_command_on_a_busy_port_says_so_and_exits_2():
     assert done.stderr == (
         f"specdeck: --port {port}: the port is in use on 127.0.0.1 (another exporter?)\n"
     )
+
+
+def test_the_exporter_loads_neither_torch_nor_textual():
+    code = (
+        "import sys, urllib.request\n"
+        "import app.cli, app.commands.exporter\n"
+        "from app.exporter import MetricsExporter, RunMetrics, RunLabels, WatchedRuns\n"
+        "from backends.discovery import discover\n"
+        "from backends.sampler import DeviceSampler\n"
+        "sampler = DeviceSampler(discover('cuda:2'), interval_s=60)\n"
+        "sampler.poll()\n"
+        "exporter = MetricsExporter(sampler)\n"
+        "labels = RunLabels('r', 't', 'd', ('sim-cuda:0',), 'sim-cuda:1', 'split')\n"
+        "exporter.add(RunMetrics(labels))\n"
+        "WatchedRuns(exporter, None).scan()\n"
+        "urllib.request.urlopen(exporter.serve('127.0.0.1', 0).url).read()\n"
+        "heavy = [m for m in ('torch', 'transformers', 'textual') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
