@@ -21,7 +21,7 @@ from ipc.run_spec import (
     K_LIMIT,
 )
 
-COMMANDS = ("devices", "models", "run", "bench", "runs", "exporter", "daemon")
+COMMANDS = ("devices", "models", "run", "bench", "runs", "exporter", "serve", "daemon")
 DESCRIPTION = """\
 specdeck: speculative decoding experiments across CUDA, HIP and CPU devices.
 
@@ -34,6 +34,8 @@ examples:
   specdeck run --baseline              the bundled demo pair on the first GPU (or the CPU)
   specdeck run --target cuda:0 --draft cuda:1 --prompt "def quicksort(xs):"
   specdeck runs show ID                one recorded run
+  specdeck runs plot ID1 ID2           two runs' tokens/s, AL and devices overlaid, as a PNG
+  specdeck --simulate cuda:2 serve     the dashboard as a web page on http://127.0.0.1:8000
   specdeck exporter --port 9464        Prometheus /metrics of the devices and live runs
 
 `specdeck COMMAND --help` lists a command's options."""
@@ -227,9 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="write bench.json, bench.md and a chart here")
     p.add_argument("--json", action="store_true", help=json_help)
 
-    p = sub.add_parser("runs", help="list the run records (newest first) or show one")
-    p.add_argument("action", nargs="?", choices=("show",), help="show one run")
+    p = sub.add_parser("runs", help="list the run records (newest first), show or plot one")
+    p.add_argument(
+        "action", nargs="?", choices=("show", "plot"), help="show one run, or plot one or two"
+    )
     p.add_argument("run_id", nargs="?", metavar="ID", help="a run id, or a unique prefix of one")
+    p.add_argument("other_run_id", nargs="?", metavar="ID2", help="plot: a second run, overlaid")
+    p.add_argument(
+        "--out", metavar="FILE.png", help="plot: the PNG to write (default: ./ID[-vs-ID2].png)"
+    )
     p.add_argument("--json", action="store_true", help=json_help)
 
     p = sub.add_parser(
@@ -240,6 +248,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--host",
         default="127.0.0.1",
         help="address to listen on; 0.0.0.0 lets other machines scrape (default: %(default)s)",
+    )
+
+    p = sub.add_parser(
+        "serve", help="serve the dashboard as a web page (no login: see docs/serve.md)"
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; anything but localhost lets others drive the dashboard "
+        "(default: %(default)s)",
+    )
+    p.add_argument("--port", type=port_number, default=8000, help="TCP port (default: %(default)s)")
+    p.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the address browsers reach this server by, when a tunnel or proxy changes it "
+        "(default: http://HOST:PORT)",
     )
 
     # started by the supervisor, not by people: left out of the help

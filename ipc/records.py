@@ -158,6 +158,7 @@ class RunRecorder:
             "run_id": self.run_id,
             "status": "running",
             "started": _iso(self._t0),
+            "started_unix": round(self._t0, 3),  # the origin of steps.jsonl's time_s
             "finished": None,
             "host": socket.gethostname(),
             "target_model": target_model,
@@ -468,3 +469,25 @@ def read_lines(path: Path) -> Iterator[dict]:
 def read_prompt_rows(folder: str | os.PathLike) -> Iterator[dict]:
     """A workload's prompt rows (prompts.jsonl), in the order the prompts finished."""
     return read_lines(Path(folder) / PROMPTS_FILE)
+
+
+_NUMERIC_COLUMNS = tuple(c for c in DEVICE_COLUMNS if c not in ("device_id", "phase"))
+
+
+def read_device_rows(folder: str | os.PathLike) -> list[dict]:
+    """devices.csv of a record: one dict a sample, numbers as floats, an empty cell as None;
+    a row cut short by a crash ends them."""
+    rows = []
+    try:
+        with (Path(folder) / "devices.csv").open(encoding="utf-8", newline="") as fh:
+            for row in csv.DictReader(fh):
+                if None in row.values() or not row.get("device_id"):
+                    break
+                try:
+                    values = {c: float(row[c]) if row[c] else None for c in _NUMERIC_COLUMNS}
+                except ValueError:
+                    break
+                rows.append({**values, "device_id": row["device_id"], "phase": row["phase"]})
+    except FileNotFoundError:
+        pass
+    return [r for r in rows if r["time"] is not None]

@@ -1,4 +1,4 @@
-"""`specdeck runs [show ID] [--json]`: the run records."""
+"""`specdeck runs [show ID | plot ID [ID2]] [--json]`: the run records."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from app.config import data_dir
 from ipc.records import RunNotFound, list_runs, load_run, placement_text
@@ -16,6 +17,12 @@ def _num(value: float | None, spec: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.action == "plot":
+        return plot([i for i in (args.run_id, args.other_run_id) if i], args.out)
+    extra = [flag for flag, given in (("--out", args.out), ("ID2", args.other_run_id)) if given]
+    if extra:
+        print(f"specdeck: {extra[0]} is for runs plot", file=sys.stderr)
+        return 2
     if args.action == "show":
         return show(args.run_id or "", args.json)
     if args.run_id:
@@ -120,4 +127,31 @@ def show(run_id: str, as_json: bool) -> int:
     if run["prompts"]:
         print()
         print(prompt_table(run["prompts"]))
+    return 0
+
+
+def plot(run_ids: list[str], out: str | None) -> int:
+    """Draw one run, or two overlaid, to a PNG and print its path; bad ids are one line, 2."""
+    from app.plot_data import NothingToPlot, load_plot
+
+    if not run_ids:
+        print("specdeck: runs plot needs a run id (see `specdeck runs --help`)", file=sys.stderr)
+        return 2
+    try:
+        plots = [load_plot(data_dir(), run_id) for run_id in run_ids]
+    except (RunNotFound, NothingToPlot) as exc:
+        print(f"specdeck: {exc}", file=sys.stderr)
+        return 2
+    path = Path(out if out else "-vs-".join(p.run_id for p in plots) + ".png")
+    if path.suffix.lower() != ".png":
+        print(f"specdeck: --out {path} must name a .png file", file=sys.stderr)
+        return 2
+    from app.plot_png import write_png
+
+    try:
+        write_png(plots, path)
+    except OSError as exc:
+        print(f"specdeck: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(path.resolve())
     return 0

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from app.widgets.run_plots import RunPlots
 from app.widgets.runs import RunComparison, RunsTable
 
 if TYPE_CHECKING:
@@ -43,12 +44,15 @@ class RunsScreen(Screen):
         with Vertical(id="runs-body"):
             yield RunsTable(id="runs-table")
             yield Static("", id="runs-hint")
-            yield RunComparison("", id="runs-compare")
+            with Horizontal(id="runs-detail"):
+                yield RunComparison("", id="runs-compare")
+                yield RunPlots(id="runs-plot")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#runs-table").border_title = "Runs"
         self.query_one("#runs-compare").border_title = "Compare"
+        self.query_one("#runs-plot").border_title = "Plots"
         self.set_interval(LIVE_REFRESH_S, self._look_for_live)
         self.action_reload()
 
@@ -119,6 +123,10 @@ class RunsScreen(Screen):
         if len(marked) == 2:
             self.action_compare()
 
+    @on(DataTable.RowHighlighted)
+    def _on_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.query_one(RunPlots).show_runs([str(event.row_key.value)])
+
     @on(DataTable.RowSelected)
     def _on_row_selected(self) -> None:
         self.action_mark()
@@ -138,3 +146,4 @@ class RunsScreen(Screen):
             self.notify(str(exc), severity="error")
             return
         self.query_one(RunComparison).compare(a, b)
+        self.query_one(RunPlots).show_runs(marked)

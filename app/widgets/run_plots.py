@@ -1,0 +1,142 @@
+"""The runs view's plots in the terminal (plotext): one run, or two overlaid.
+
+The same figures as `specdeck runs plot` draws to a PNG, from the same `app.plot_data`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from textual import work
+from textual.color import Color
+from textual.worker import get_current_worker
+from textual_plotext import PlotextPlot
+
+from app.plot_data import (
+    PHASES,
+    NothingToPlot,
+    RunPlot,
+    Series,
+    device_ids,
+    load_plot,
+    phase_line,
+)
+from ipc.records import RunNotFound
+
+POINTS = 100  # a terminal plot is at most about this many cells wide
+LABEL_WIDTH = max(len(p) for p in PHASES)  # every panel's y labels, so their x axes line up
+PHASE_ROWS = len(PHASES) + 2  # the phase panel: a row a phase, and its frame
+# the theme's chart colours (each theme keeps them readable on its own background):
+# run A's lines, then run B's; a run's first colour draws its tokens/s, AL and phases
+RUN_PALETTES = (
+    ("chart-utilization", "chart-acceptance", "role-draft", "badge-cpu"),
+    ("chart-memory", "role-target", "drop-refused", "badge-sim"),
+)
+
+
+def panel_heights(rows: int, device_lines: int) -> tuple[int, int, int]:
+    """Rows for the tokens/s, AL and utilization panels under the phases: the utilization
+    panel tall enough for its legend (a line a device), the rest shared."""
+    rest = max(0, rows - PHASE_ROWS - 1)  # the time axis's labels take a row under the last
+    utilization = max(device_lines + 2, rest // 3)
+    share = max(3, (rest - utilization) // 2)
+    return share, share, max(3, rest - 2 * share)
+
+
+class RunPlots(PlotextPlot):
+    """The phases, decode tokens/s, acceptance length and device utilization over time:
+    `show_runs([id])` draws one run, `show_runs([a, b])` overlays two."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.shown: tuple[str, ...] = ()  # the ids of the runs drawn now
+        self._plots: tuple[RunPlot, ...] = ()
+        self.problem = ""  # why nothing is drawn, in one line
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.app.theme_changed_signal.subscribe(
+            self, lambda _: self._draw(self._plots, self.problem)
+        )
+        self._draw((), "highlight a run to plot it; mark two to overlay them")
+
+    def on_resize(self) -> None:
+        if self._plots:  # the panels' heights follow the widget's
+            self._draw(self._plots, self.problem)
+
+    def show_runs(self, run_ids: Sequence[str]) -> None:
+        """Read these runs' records (off the UI thread) and draw them."""
+        self._load(tuple(run_ids))
+
+    @work(thread=True, exclusive=True, group="run-plots")
+    def _load(self, run_ids: tuple[str, ...]) -> None:
+        from app.config import data_dir
+
+        try:
+            plots = tuple(load_plot(data_dir(), run_id, POINTS) for run_id in run_ids)
+            problem = ""
+        except (RunNotFound, NothingToPlot, OSError) as exc:
+            plots, problem = (), str(exc)
+        if not get_current_worker().is_cancelled:  # a newer choice of runs replaced this one
+            self.app.call_from_thread(self._draw, plots, problem)
+
+    def _draw(self, plots: tuple[RunPlot, ...], problem: str) -> None:
+        self._plots, self.shown = plots, tuple(p.run_id for p in plots)
+        self.problem = problem
+        plt = self.plt
+        plt.clear_figure()
+        if not plots:
+            self.border_subtitle = ""
+            plt.title(problem)
+            self.refresh()
+            return
+        names = [f"{letter} {p.run_id}" for letter, p in zip("AB", plots, strict=False)]
+        runs = " vs ".join(names) if len(plots) > 1 else plots[0].run_id
+        self.border_subtitle = f"x: seconds · {runs}"
+        plt.subplots(4, 1)
+        phase_ax = plt.subplot(1, 1)
+        phase_ax.plotsize(None, PHASE_ROWS)
+        phase_ax.yticks(list(range(len(PHASES))), [name.rjust(LABEL_WIDTH) for name in PHASES])
+        phase_ax.ylim(-0.5, len(PHASES) - 0.5)
+        panels = [  # (axes, what the legend calls a line, the lines of a run)
+            (plt.subplot(2, 1), "tok/s", lambda p: [("", p.throughput)]),
+            (plt.subplot(3, 1), "AL", lambda p: [("", p.acceptance)]),
+            (plt.subplot(4, 1), "util %", lambda p: list(p.utilization)),
+        ]
+        for index, plot in enumerate(plots):
+            letter = "AB"[index] if len(plots) > 1 else ""
+            colors = [self._color(name) for name in RUN_PALETTES[index]]
+            self._line(phase_ax, phase_line(plot.phases), colors[0], letter or None)
+            for ax, what, lines in panels:
+                for n, (device_id, series) in enumerate(lines(plot)):
+                    label = " ".join(x for x in (letter, device_id, what) if x)
+                    self._line(ax, series, colors[n % len(colors)], label)
+        end = max(p.end_s for p in plots) or 1.0
+        lines_drawn = len(device_ids(plots)) * len(plots)
+        heights = panel_heights(self.content_size.height, lines_drawn)
+        for (ax, _, _), height in zip(panels, heights, strict=True):
+            ax.plotsize(None, height)
+        for ax, _, lines in panels:
+            top = 100.0 if ax is panels[-1][0] else self._top(plots, lines)
+            ax.ylim(0, top)
+            ticks = [0.0, top / 2, top]  # labels as wide as the phases', so the panels align
+            ax.yticks(ticks, [f"{t:.3g}".rjust(LABEL_WIDTH) for t in ticks])
+        for ax in (phase_ax, *(ax for ax, _, _ in panels)):
+            ax.xlim(0, end)
+            if ax is not panels[-1][0]:
+                ax.xticks([])  # one time axis, under the last panel
+        self.refresh()
+
+    def _color(self, variable: str) -> tuple[int, int, int]:
+        return Color.parse(self.app.theme_variables[variable]).rgb
+
+    @staticmethod
+    def _top(plots: Sequence[RunPlot], lines) -> float:
+        values = [v for p in plots for _, series in lines(p) for v in series.present()[1]]
+        return max(values, default=0.0) * 1.05 or 1.0
+
+    @staticmethod
+    def _line(ax, series: Series, color: tuple[int, int, int], label: str | None) -> None:
+        times, values = series.present()
+        if times:
+            ax.plot(times, values, color=color, label=label, marker="braille")

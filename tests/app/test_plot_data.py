@@ -1,0 +1,102 @@
+"""app.plot_data: the series both plots draw, from a record the one writer wrote."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from app.config import data_dir
+from app.plot_data import (
+    NothingToPlot,
+    PhaseSpan,
+    load_plot,
+    phase_line,
+    phase_spans,
+    step_series,
+)
+from backends.base import Sample
+from engine.metrics import StepRecord
+from ipc.records import RunRecorder, read_device_rows
+
+
+def steps(*rows: tuple[int, float, int]) -> list[dict]:
+    return [{"index": i, "time_s": t, "committed": c} for i, t, c in rows]
+
+
+def test_tokens_per_s_is_tokens_over_the_time_since_the_step_before():
+    rate, length = step_series(steps((0, 1.0, 3), (1, 1.5, 2), (2, 2.0, 4)))
+    assert rate.times == (1.0, 1.5, 2.0)
+    assert rate.values == (None, 4.0, 8.0)  # the first step has no step before it
+    assert length.values == (3.0, 2.0, 4.0)
+
+
+def test_a_long_run_is_averaged_down_to_the_points_asked_for():
+    rows = [(i, 1.0 + 0.5 * i, 1 + i % 2) for i in range(1000)]
+    rate, length = step_series(steps(*rows), points=100)
+    assert len(rate.times) == len(length.times) == 100
+    assert rate.values[1] == pytest.approx(1.5 / 0.5)  # 10 steps a point, 1.5 tokens each
+    assert length.values[1] == pytest.approx(1.5)
+
+
+def test_a_new_prompt_s_first_step_does_not_count_the_gap_before_it():
+    # a workload: the second prompt's steps start again at index 0, after a prefill gap
+    rows = steps((0, 1.0, 2), (1, 2.0, 2), (0, 10.0, 5), (1, 11.0, 3))
+    rate, _ = step_series(rows, points=1)
+    assert rate.values == (pytest.approx((2 + 3) / 2.0),)
+
+
+def test_phases_last_until_the_next_begins():
+    rows = [
+        {"time": 100.0 + t, "device_id": d, "phase": p}
+        for t, p in ((0, "load"), (1, "load"), (2, "prefill"), (3, "decode"), (5, "idle"))
+        for d in ("cpu", "sim-cuda:0")
+    ]
+    assert phase_spans(rows, 100.0) == (
+        PhaseSpan("load", 0.0, 2.0),
+        PhaseSpan("prefill", 2.0, 3.0),
+        PhaseSpan("decode", 3.0, 5.0),
+        PhaseSpan("idle", 5.0, 5.0),
+    )
+    line = phase_line(phase_spans(rows, 100.0))
+    assert line.values[:4] == (0.0, 0.0, 1.0, 1.0)  # load, then prefill: PHASES' order
+
+
+def test_a_record_s_samples_and_steps_share_one_clock():
+    recorder = RunRecorder(
+        data_dir(),
+        target_model="t",
+        draft_model="d",
+        placement={"target": ["sim-cuda:0"], "draft": "sim-cuda:1"},
+        mode="split",
+        options={"k": 4},
+    )
+    for phase, utilization in (("load", 10.0), ("decode", 80.0), ("decode", None)):
+        now = time.time()
+        recorder.sample(Sample("sim-cuda:0", now, utilization_percent=utilization, phase=phase))
+        recorder.step(StepRecord(0 if phase == "load" else 1, 4, 3, 4, 0.01, 0.02), 4.0)
+    recorder.finish({"mean_acceptance_length": 4.0})
+
+    rows = read_device_rows(recorder.folder)
+    assert [r["utilization_percent"] for r in rows] == [10.0, 80.0, None]  # empty cell: None
+    plot = load_plot(data_dir(), recorder.run_id)
+    assert plot.title == "t <- d, sim-cuda:0 <- sim-cuda:1 (split)"
+    assert [p.phase for p in plot.phases] == ["load", "decode"]
+    # samples and steps were taken together, so they land at the same seconds of the run
+    sample_times = plot.utilization[0][1].times
+    assert plot.acceptance.times == pytest.approx(sample_times, abs=0.05)
+    assert plot.utilization[0][1].values == (10.0, 80.0, None)
+
+
+def test_a_run_without_steps_has_nothing_to_plot():
+    recorder = RunRecorder(
+        data_dir(),
+        target_model="t",
+        draft_model="d",
+        placement={"target": ["cpu"], "draft": "cpu"},
+        mode="inprocess",
+        options={},
+    )
+    recorder.fail("the draft daemon died")
+    with pytest.raises(NothingToPlot, match=f"no steps to plot in run {recorder.run_id}"):
+        load_plot(data_dir(), recorder.run_id)
