@@ -120,6 +120,7 @@ def start_run(
             "max_new_tokens": request.max_new_tokens,
             "baseline": request.baseline,
             "trust_remote_code": request.trust_remote_code,
+            "transport": request.transport,
             **(_workload_options(request) if request.session else {"prompt": request.prompt}),
         },
     )

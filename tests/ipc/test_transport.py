@@ -120,7 +120,7 @@ def test_a_split_run_over_tcp_gives_the_in_process_tokens(tiny_pair, tmp_path):
     assert result["output_token_ids"] == want.output_ids
     assert result["steps"] == want.stats.steps and result["transport_s"] > 0
     run = json.loads((tmp_path / "runs" / handle.run_id / "run.json").read_text())
-    assert run["status"] == "done"
+    assert run["status"] == "done" and run["options"]["transport"] == "tcp"
     assert not any(alive(pid) for pid in handle.pids.values())
 
 
