@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -15,10 +16,11 @@ from tests.ipc.test_runner import Quiet, alive, request
 LIVENESS_S = 1.0
 
 
-def start_long_run(tiny_pair, tmp_path, seen):
+def start_long_run(tiny_pair, tmp_path, seen, transport="ipc"):
     """A split run of 900 tokens at k = 1 (many steps) with the short liveness deadline."""
+    run = request(tiny_pair, max_new_tokens=900, k=1)
     return start_run(
-        request(tiny_pair, max_new_tokens=900, k=1),
+        replace(run, spec=replace(run.spec, transport=transport)),
         inventory=discover(),
         sampler=Quiet(),
         on_event=seen.append,

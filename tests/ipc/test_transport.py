@@ -18,11 +18,11 @@ from ipc.launch import PlacedRole, daemon_launch
 from ipc.runner import start_run
 from ipc.supervisor import Supervisor
 from ipc.transport import Keypair, PartyKeys, RunKeys, Transport, read_keys
+from tests.ipc.test_liveness import LIVENESS_S, start_long_run, wait_for_step
 from tests.ipc.test_runner import PROMPT, Quiet, alive, request
 
 CPU = Device("cpu", "cpu", "host CPU")
 TCP = Transport("tcp", "127.0.0.1")
-LIVENESS_S = 1.0
 REFUSED = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH,  # CURVE client whose key the ZAP handler does not know
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,  # no CURVE at all: the mechanisms differ
@@ -218,18 +218,8 @@ def test_clients_without_the_runs_keys_get_nothing_and_the_run_goes_on(tiny_pair
 
 def test_a_stopped_draft_daemon_over_tcp_ends_the_run_within_its_deadline(tiny_pair, tmp_path):
     seen = []
-    handle = start_run(
-        tcp_request(tiny_pair, max_new_tokens=900, k=1),
-        inventory=discover(),
-        sampler=Quiet(),
-        on_event=seen.append,
-        data_dir=tmp_path,
-        liveness_s=LIVENESS_S,
-    )
-    deadline = time.monotonic() + 120
-    while not any(isinstance(e, ev.StepEvent) for e in seen) and not handle.finished:
-        assert time.monotonic() < deadline, "no step within the time limit"
-        time.sleep(0.01)
+    handle = start_long_run(tiny_pair, tmp_path, seen, transport="tcp")
+    wait_for_step(seen, handle)
     pid = handle.pids["draft"]
     os.kill(pid, signal.SIGSTOP)
     stopped = time.monotonic()
