@@ -157,6 +157,7 @@ GLOBAL_OPTIONS = (
     ("--simulate", "SPEC", "add simulated devices, e.g. cuda:2,hip:1 (ids sim-cuda:0, ...)"),
     ("--config", "FILE", "config file, TOML (default: $SPECDECK_CONFIG, else the user's)"),
     ("--theme", "NAME", "dashboard theme, e.g. specdeck-dark, specdeck-light"),
+    ("--cluster", "ADDRESS", "join this Ray cluster (HOST:PORT) and use every node's devices"),
 )
 MODELS_DIR_HELP = "one more folder of models for the catalog (repeatable)"
 METRICS_PORT_HELP = (
@@ -387,6 +388,7 @@ def _is_user_error(exc: Exception) -> bool:
     from app.config import ConfigError
     from app.exporter import MetricsPortError
     from backends.base import BadSimulateSpec
+    from backends.cluster import ClusterUnavailable
     from backends.placement import PlacementError
     from engine.errors import EngineInputError
     from ipc.records import RecordDirError
@@ -395,6 +397,7 @@ def _is_user_error(exc: Exception) -> bool:
         exc,
         ConfigError
         | BadSimulateSpec
+        | ClusterUnavailable
         | PlacementError
         | EngineInputError
         | RecordDirError

@@ -24,6 +24,7 @@ class Config:
     model_dirs: tuple[Path, ...] = ()
     backend_python: dict[str, str] = field(default_factory=dict)  # backend -> interpreter
     trust_remote_code: tuple[str, ...] = ()  # model names or paths allowed to run their code
+    cluster_address: str | None = None  # [cluster] address: the Ray cluster to join
 
     def python_for(self, backend: str) -> str | None:
         """The interpreter named for a backend's daemons, or None for specdeck's own."""
@@ -92,8 +93,15 @@ def _parse(cfg_path: Path, raw: dict) -> Config:
             if not isinstance(python, str) or not python:
                 raise bad(f"[backends.{name}] python must be a path to an interpreter")
             pythons[name] = python
+    cluster = raw.get("cluster", {})
+    if not isinstance(cluster, dict):
+        raise bad("[cluster] must be a table")
+    address = cluster.get("address")
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise bad('[cluster] address must be a Ray address, e.g. "10.0.0.5:6379"')
     return Config(
         path=cfg_path,
+        cluster_address=address,
         theme=theme,
         model_dirs=tuple(Path(d).expanduser() for d in dirs),
         backend_python=pythons,

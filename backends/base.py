@@ -35,6 +35,7 @@ class Device:
     uuid: str | None = None
     # what the runtime's visibility variable accepts (CUDA: UUID; HIP: ROCr UUID or index)
     visible_id: str | None = None
+    host: str | None = None  # the cluster node it sits on (`--cluster`); None: this machine
 
     @property
     def runs_on_host(self) -> bool:

@@ -91,10 +91,12 @@ class Inventory:
         )
 
     def set_phase(self, phase: str) -> None:
-        """Tell simulated devices what the run is doing, so their telemetry follows it."""
+        """Tell simulated devices what the run is doing, so their telemetry follows it (a
+        cluster's nodes pass it on to theirs)."""
         for backend in self.backends:
-            if isinstance(backend, SimulatedBackend):
-                backend.set_phase(phase)
+            follow = getattr(backend, "set_phase", None)
+            if follow is not None:
+                follow(phase)
 
     def close(self) -> None:
         """Release every vendor library."""

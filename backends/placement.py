@@ -55,6 +55,12 @@ def target_problem(devices: Sequence[Device]) -> str | None:
     ids = [d.id for d in devices]
     if len(set(ids)) != len(ids):
         return f"device listed twice in the target split: {', '.join(ids)}"
+    hosts = sorted({d.host or "this machine" for d in devices})
+    if len(hosts) > 1:
+        return (
+            f"a target cannot be split across hosts ({' and '.join(hosts)}): one process holds "
+            "the target's layers, and a process runs on one host; the draft may sit on any host"
+        )
     backends = sorted({d.backend for d in devices})
     if len(backends) > 1:
         return (
@@ -177,6 +183,11 @@ def check_placement(
         raise PlacementError(
             f"in-process mode needs the draft on the target's backend ({target[0].backend}), "
             f"not {draft.backend}; use --mode split"
+        )
+    if mode == "inprocess" and draft.host != target[0].host:
+        raise PlacementError(
+            f"in-process mode needs the draft on the target's host ({target[0].host}), "
+            f"not {draft.host}; use --mode split"
         )
     if mode == "inprocess" and draft.simulated != target[0].simulated:
         raise PlacementError("in-process mode cannot mix simulated and real devices")

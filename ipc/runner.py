@@ -20,6 +20,7 @@ import platformdirs
 
 from engine.metrics import AcceptanceStats, PooledFigures, StepRecord, decode_tokens_per_s
 from ipc import events as ev
+from ipc.cluster_daemons import ClusterSites, host_of, lost_text
 from ipc.launch import DaemonLaunch, PlacedRole, daemon_launch
 from ipc.records import RecordError, RunRecorder
 from ipc.run_spec import CheckedRun
@@ -194,6 +195,7 @@ class _Run:
         self.decode_paths: dict = {}  # the daemons' decode paths, as the first prompt said
         self.capture_s = 0.0  # seconds capturing CUDA graphs, over the prompts
         self.watch: WatchPublisher | None = None  # the run's watch endpoint, once open
+        self.sites: ClusterSites | None = None  # the nodes of roles on a cluster's hosts
 
     def emit(self, event: ev.RunEvent) -> None:
         with contextlib.suppress(Exception):  # a watcher's bug must not kill the run
@@ -205,6 +207,9 @@ class _Run:
         own_sampler, unsubscribe = self._start_sampling()
         supervisor = None
         try:
+            self.sites = ClusterSites.of(self.request, self.inventory)
+            if self.sites is not None:  # daemons on other hosts: tcp with CURVE
+                self.transport = self.sites.transport()
             supervisor = Supervisor(
                 log_dir=self.recorder.folder,
                 heartbeat_s=min(HEARTBEAT_S, self.liveness_s / 6),
@@ -222,6 +227,8 @@ class _Run:
             self._set_phase("idle")
             if supervisor is not None:
                 supervisor.stop(grace_s=3.0 if self.failure is None else 0.5)
+            if self.sites is not None:
+                self.sites.close()
             if unsubscribe is not None:
                 with contextlib.suppress(Exception):
                     unsubscribe()
@@ -235,6 +242,12 @@ class _Run:
         """Start the draft daemon (split) and the target daemon, each from its whole launch."""
         req = self.request
         target, draft = req.placed("target"), req.placed("draft")
+        if self.sites is not None:
+            try:  # each remote role's actor on its node first, its GPUs counted by Ray
+                self.sites.place_all([target, draft] if req.mode == "split" else [target])
+            except ValueError as exc:
+                self.failure = ev.ErrorEvent("run", str(exc))
+                return
         if req.mode == "split":
             self._start(supervisor, self._launch_of(supervisor, draft))
             try:  # over tcp the draft's port is known once it has bound
@@ -262,10 +275,14 @@ class _Run:
             config_path=self.config_path,
             local_draft=local_draft,
             draft_endpoint=draft_endpoint,
+            bind_host=self.sites.bind_host(placed.role) if self.sites is not None else None,
         )
 
     def _start(self, supervisor: Supervisor, launch: DaemonLaunch) -> None:
-        daemon = supervisor.start(launch)
+        remote = self.sites.spawner(launch.role) if self.sites is not None else None
+        daemon = supervisor.start(launch) if remote is None else supervisor.start(launch, remote)
+        if remote is not None:  # its host is judged by what its daemon says too
+            daemon.popen.heard = lambda: daemon.last_seen
         self.handle._pids[launch.role] = daemon.pid
         supervisor.request(launch.role, "hello", {"client": "supervisor"})
         self.emit(ev.DaemonEvent(launch.role, daemon.pid, launch.spec.device_ids))
@@ -292,7 +309,8 @@ class _Run:
             for daemon, deadline in supervisor.silent():
                 self.failure = ev.ErrorEvent(
                     daemon.role,
-                    f"the {daemon.role} daemon (pid {daemon.pid}) stopped answering: "
+                    f"the {daemon.role} daemon (pid {daemon.pid}){host_of(daemon.popen)} "
+                    "stopped answering: "
                     f"nothing heard from it for {deadline:g} s",
                 )
             if not self.started and time.monotonic() - launched > READY_TIMEOUT_S:
@@ -448,10 +466,14 @@ class _Run:
 
     def _died(self, daemon: Daemon, status: int) -> None:
         said = daemon.error_text
-        if said:
+        lost = lost_text(daemon.role, daemon.popen)
+        if lost:
+            text = lost
+        elif said:
             text = f"{daemon.role} daemon: {said}"
         else:
-            text = f"the {daemon.role} daemon (pid {daemon.pid}) died: {exit_text(status)}"
+            where = host_of(daemon.popen)
+            text = f"the {daemon.role} daemon (pid {daemon.pid}){where} died: {exit_text(status)}"
             tail = daemon.log_tail()
             if tail and status > 0:
                 text += f"; its last words: {tail}"
@@ -497,6 +519,7 @@ class _Run:
             **self.pool.figures(),
             "per_position_acceptance": self.stats.per_position_acceptance,
             "rounds": self.pool.prompts // len(work.prompts),
+            "workload_s": time.monotonic() - (self.workload_start or time.monotonic()),
             "workload": {
                 "prompts": len(work.prompts),
                 "source": work.source,

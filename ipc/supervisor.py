@@ -10,8 +10,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -131,8 +133,9 @@ class Supervisor:
         """Where a socket named `name` binds: `ipc://` in the run dir, or `tcp://HOST:0`."""
         return self.site.endpoint(name)
 
-    def start(self, launch: DaemonLaunch) -> Daemon:
-        """Start one daemon as its launch says (`ipc.launch.daemon_launch`) and connect to it."""
+    def start(self, launch: DaemonLaunch, spawner: Callable[[DaemonLaunch], Any] = spawn) -> Daemon:
+        """Start one daemon as its launch says (`ipc.launch.daemon_launch`) and connect to it;
+        `spawner` starts the process (on a cluster node: `ipc.cluster_daemons`)."""
         if launch.spec.telemetry_endpoint != self.telemetry_endpoint:
             raise ValueError(f"the {launch.role} daemon's launch was built for another supervisor")
         if launch.spec.pdeathsig and threading.current_thread() is not threading.main_thread():
@@ -140,7 +143,7 @@ class Supervisor:
             raise ValueError(f"the {launch.role} daemon's launch was built on another thread")
         if (launch.keys is not None) != (self.keys is not None):
             raise ValueError(f"the {launch.role} daemon's launch has another transport")
-        popen = spawn(launch)
+        popen = spawner(launch)
         control = self.ctx.socket(zmq.DEALER)
         control.setsockopt(zmq.LINGER, 0)
         control.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)

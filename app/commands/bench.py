@@ -31,13 +31,13 @@ def main(args: argparse.Namespace) -> int:
     from app.bench import report
     from app.bench.placements import PlacementSpec, read_placements
     from app.config import data_dir
-    from backends.discovery import discover
+    from app.inventory import open_inventory
     from ipc.records import new_run_id
 
     specs = read_placements(args.placements) if args.placements else [PlacementSpec("")]
     suite, prompts = _prompts(args)
     texts = tuple(p.text for p in prompts)
-    inventory = discover(args.simulate)
+    inventory = open_inventory(args)
     try:
         runs = [
             run_args.check_spec(

@@ -15,6 +15,7 @@ def build_app(args: argparse.Namespace, app_class: Any = None) -> Any:
     from textual.theme import BUILTIN_THEMES
 
     from app.config import ConfigError, load_config
+    from app.inventory import cluster_backend
     from backends.cpu import CpuBackend
     from backends.discovery import discover, vendor_backends
     from backends.sampler import DeviceSampler
@@ -30,9 +31,15 @@ def build_app(args: argparse.Namespace, app_class: Any = None) -> Any:
         theme = None  # a stale name in the config falls back to the default
     # the CPU and simulated devices now; the GPUs on the sampler's thread after the first
     # frame (importing and starting NVML and amdsmi: ≈0.17 s on the lent GPU host, docs/devices.md)
-    inventory = discover(args.simulate, backends=(CpuBackend(),))
+    # with --cluster, every node's devices, found on the sampler's thread too (Ray's import
+    # and joining take seconds; docs/cluster.md)
+    cluster = cluster_backend(args)
+    inventory = discover(args.simulate, backends=(CpuBackend(),) if cluster is None else ())
     sampler = DeviceSampler(
-        inventory, interval_s=1.0, history=120, discover_first=vendor_backends()
+        inventory,
+        interval_s=1.0,
+        history=120,
+        discover_first=vendor_backends() if cluster is None else (cluster,),
     )
     extra = {}
     if getattr(args, "metrics_port", None) is not None:  # a busy port: exit 2 before drawing

@@ -15,8 +15,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from app.inventory import open_inventory
 from backends.base import Device, ProcessInfo, Sample
-from backends.discovery import Inventory, discover
+from backends.discovery import Inventory
 
 NA = "n/a"
 PIPED_WIDTH = 160
@@ -38,6 +39,7 @@ def device_document(device: Device, sample: Sample) -> dict:
     total = sample.memory_total_bytes
     return {
         "id": device.id,
+        "host": device.host or socket.gethostname(),  # with --cluster, the node it sits on
         "backend": device.backend,
         "name": device.name,
         "simulated": device.simulated,
@@ -153,7 +155,7 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    inventory = discover(args.simulate)
+    inventory = open_inventory(args)
     try:
         if args.json:
             return _print_json(inventory, args.watch)

@@ -30,10 +30,10 @@ if TYPE_CHECKING:
 
 def main(args: argparse.Namespace) -> int:
     from app.config import data_dir
-    from backends.discovery import discover
+    from app.inventory import open_inventory
     from ipc.runner import start_run
 
-    inventory = discover(args.simulate)
+    inventory = open_inventory(args)
     metrics = None
     try:
         if args.metrics_port is not None:  # a busy port ends the command before the run starts

@@ -322,4 +322,4 @@ class DeviceGrid(VerticalScroll):
 
 def card_dom_id(device_id: str) -> str:
     """A DOM id for a device id (`sim-cuda:0` -> `card-sim-cuda-0`)."""
-    return "card-" + device_id.replace(":", "-").replace(".", "-")
+    return "card-" + device_id.replace(":", "-").replace(".", "-").replace("/", "--")

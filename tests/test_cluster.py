@@ -1,0 +1,250 @@
+"""specdeck over a Ray cluster: two nodes on this machine, each with simulated devices (one
+told by a node label, one by its environment), started once for the module."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from backends.base import Device
+from backends.cluster import (
+    SIMULATE_ENV,
+    SIMULATE_LABEL,
+    ClusterUnavailable,
+    import_ray,
+    node_simulate,
+    unique_hosts,
+)
+from backends.placement import Placement, PlacementError, check_placement
+
+PROMPT = "def fibonacci(n):"
+
+
+# -- plain rules (no cluster) ------------------------------------------------------------
+
+
+def test_a_target_split_stays_on_one_host_and_the_draft_goes_anywhere():
+    devices = {
+        "a/cuda:0": Device("a/cuda:0", "cuda", "GPU", 0, host="a"),
+        "a/cuda:1": Device("a/cuda:1", "cuda", "GPU", 1, host="a"),
+        "b/cuda:0": Device("b/cuda:0", "cuda", "GPU", 0, host="b"),
+    }
+    with pytest.raises(PlacementError, match=r"cannot be split across hosts \(a and b\)"):
+        check_placement(Placement(("a/cuda:0", "b/cuda:0"), "a/cuda:1"), devices)
+    check_placement(Placement(("a/cuda:0", "a/cuda:1"), "b/cuda:0"), devices)  # no error
+    with pytest.raises(
+        PlacementError, match="in-process mode needs the draft on the target's host"
+    ):
+        check_placement(Placement(("a/cuda:0",), "b/cuda:0"), devices, mode="inprocess")
+
+
+def test_hosts_that_share_a_name_are_told_apart_by_their_node():
+    shown = unique_hosts({"1a2b3c4d": "gpu-box", "9f8e7d6c": "gpu-box", "55aa": "other"})
+    assert shown == {"1a2b3c4d": "gpu-box-1a2b3c", "9f8e7d6c": "gpu-box-9f8e7d", "55aa": "other"}
+
+
+def test_a_node_is_told_to_simulate_by_its_label_else_its_environment():
+    assert node_simulate({SIMULATE_LABEL: "cuda:2"}, {SIMULATE_ENV: "hip:1"}) == "cuda:2"
+    assert node_simulate({}, {SIMULATE_ENV: "hip:1"}) == "hip:1"
+    assert node_simulate({}, {}) is None
+
+
+def test_the_cluster_address_comes_from_the_config_too(tmp_path, capsys):
+    from app.cli import main
+
+    config = tmp_path / "c.toml"
+    config.write_text("[cluster]\naddress = 7\n")
+    assert main(["--config", str(config), "devices"]) == 2
+    assert "[cluster] address must be a Ray address" in capsys.readouterr().err
+
+
+# -- a two-node cluster on this machine ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """(address, the Cluster, the second node): the head simulates cuda:2 by its label, the
+    second node cuda:1 by its environment. Started once: it takes seconds."""
+    try:
+        ray = import_ray()
+    except ClusterUnavailable:
+        pytest.skip("Ray is not installed (pip install 'specdeck[cluster]')")
+    from ray.cluster_utils import Cluster
+
+    nodes = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": False,
+            "labels": {SIMULATE_LABEL: "cuda:2"},
+        },
+    )
+    second = nodes.add_node(num_cpus=2, env_vars={SIMULATE_ENV: "cuda:1"})
+    nodes.wait_for_nodes()
+    yield nodes.address, nodes, second
+    ray.shutdown()
+    nodes.shutdown()
+
+
+@pytest.fixture(scope="module")
+def board(cluster):
+    """The cluster's inventory as specdeck sees it (joined once), and the two hosts' names:
+    (head host, second host)."""
+    from backends.cluster import ClusterBackend
+    from backends.discovery import discover
+
+    address, nodes, second = cluster
+    backend = ClusterBackend(address)
+    inventory = discover(None, backends=(backend,))
+    hosts = {}
+    for device in inventory.devices:
+        node = backend.node_of(device)
+        hosts.setdefault(node, device.host)
+    yield inventory, hosts[nodes.head_node.node_id], hosts[second.node_id]
+    inventory.close()
+
+
+@pytest.mark.cluster
+def test_devices_lists_every_host_with_the_same_fields(cluster, board, capsys):
+    from app.cli import main
+
+    address = cluster[0]
+    _, head, other = board
+    assert main(["--cluster", address, "devices", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    by_host: dict[str, list[str]] = {}
+    for device in document["devices"]:
+        by_host.setdefault(device["host"], []).append(device["id"])
+        assert device["id"].startswith(device["host"] + "/")
+    assert by_host[head] == [f"{head}/cpu", f"{head}/sim-cuda:0", f"{head}/sim-cuda:1"]
+    assert by_host[other] == [f"{other}/cpu", f"{other}/sim-cuda:0"]
+    simulated = next(d for d in document["devices"] if d["id"] == f"{other}/sim-cuda:0")
+    assert simulated["simulated"] and simulated["memory_total_bytes"] > 0
+    assert simulated["power_watts"] is not None and simulated["pci_bus_id"] is None  # n/a
+    assert any(u["backend"] == f"{head}/cuda" for u in document["unavailable"])
+
+
+@pytest.mark.cluster
+def test_a_node_that_joins_or_leaves_shows_at_once(cluster, board):
+    from backends.sampler import DeviceSampler
+
+    _, nodes, _ = cluster
+    inventory, _, _ = board
+    sampler = DeviceSampler(inventory, interval_s=0.2)
+    before = {d.host for d in sampler.inventory.devices}
+    third = nodes.add_node(num_cpus=1, labels={SIMULATE_LABEL: "hip:1"})
+    try:
+        deadline = time.monotonic() + 60
+        while len({d.host for d in sampler.inventory.devices}) == len(before):
+            assert time.monotonic() < deadline, "the third node never showed"
+            sampler.poll()
+        new = {d.host for d in sampler.inventory.devices} - before
+        assert len(new) == 1 and f"{new.pop()}/sim-hip:0" in {
+            d.id for d in sampler.inventory.devices
+        }
+    finally:
+        nodes.remove_node(third, allow_graceful=False)
+    deadline = time.monotonic() + 30
+    while {d.host for d in sampler.inventory.devices} != before:
+        assert time.monotonic() < deadline, "the third node never left the board"
+        sampler.poll()
+
+
+def _split_run(tiny_pair, inventory, target, draft, max_new_tokens, prompts=1):
+    from ipc.run_spec import RunSpec, check_run
+
+    spec = RunSpec(
+        target_model=str(tiny_pair[0]),
+        draft_model=str(tiny_pair[1]),
+        target=(target,),
+        draft=draft,
+        k=4,
+        prompts=(PROMPT,) * prompts,
+        max_new_tokens=max_new_tokens,
+        warmup_tokens=0,
+    )
+    return check_run(spec, inventory)
+
+
+@pytest.mark.cluster
+def test_a_split_over_two_hosts_gives_the_in_process_tokens(board, tiny_pair, tmp_path):
+    from engine.catalog import resolve_model
+    from engine.loading import load_model
+    from engine.local_drafter import LocalDrafter
+    from engine.speculative import SpeculativeDecoder
+    from ipc import events as ev
+    from ipc.runner import start_run
+
+    inventory, head, other = board
+    run = _split_run(tiny_pair, inventory, f"{head}/sim-cuda:0", f"{other}/sim-cuda:0", 40)
+    assert run.mode == "split"
+    seen = []
+    handle = start_run(run, inventory=inventory, on_event=seen.append, data_dir=tmp_path)
+    result = handle.wait(180)
+    assert handle.error is None and result is not None, handle.error
+
+    target = load_model(resolve_model(str(tiny_pair[0])), ["cpu"])
+    drafter = LocalDrafter(load_model(resolve_model(str(tiny_pair[1])), ["cpu"]))
+    want = SpeculativeDecoder(target, drafter, 4, 0.0, 0).generate(
+        target.tokenizer(PROMPT)["input_ids"], 40
+    )
+    assert result["output_token_ids"] == want.output_ids
+    assert result["placement"] == {"target": [f"{head}/sim-cuda:0"], "draft": f"{other}/sim-cuda:0"}
+    started = {e.role: e.device_ids for e in seen if isinstance(e, ev.DaemonEvent)}
+    assert started == {"draft": (f"{other}/sim-cuda:0",), "target": (f"{head}/sim-cuda:0",)}
+    folder = tmp_path / "runs" / handle.run_id
+    assert json.loads((folder / "run.json").read_text())["status"] == "done"
+    log = (folder / "draft.log").read_text()  # its node's log, brought back into the record
+    assert f"the daemon's log on {other}" in log and "Loading weights" in log
+
+
+@pytest.mark.cluster
+def test_a_target_split_over_two_hosts_is_refused_with_the_reason(board, tiny_pair):
+    from ipc.run_spec import RunSpec, check_run
+
+    inventory, head, other = board
+    spec = RunSpec(
+        target_model=str(tiny_pair[0]),
+        draft_model=str(tiny_pair[1]),
+        target=(f"{head}/sim-cuda:0", f"{other}/sim-cuda:0"),
+        draft=f"{head}/sim-cuda:1",
+        prompts=(PROMPT,),
+    )
+    with pytest.raises(PlacementError, match="cannot be split across hosts"):
+        check_run(spec, inventory)
+
+
+@pytest.mark.cluster
+def test_killing_the_drafts_node_ends_the_run_within_3_s_naming_the_host(
+    cluster, board, tiny_pair, tmp_path
+):
+    """Last in the module: the second node does not come back."""
+    from ipc import events as ev
+    from ipc.runner import start_run
+
+    _, nodes, second = cluster
+    inventory, head, other = board
+    # a session of many long prompts: still decoding when the node goes
+    run = _split_run(tiny_pair, inventory, f"{head}/sim-cuda:0", f"{other}/sim-cuda:0", 1000, 100)
+    decoding = []
+    handle = start_run(
+        run,
+        inventory=inventory,
+        on_event=lambda e: decoding.append(e) if isinstance(e, ev.StepEvent) else None,
+        data_dir=tmp_path,
+    )
+    deadline = time.monotonic() + 180
+    while not decoding:
+        assert not handle.finished and time.monotonic() < deadline, handle.error
+        time.sleep(0.05)
+    killing = time.monotonic()
+    nodes.remove_node(second, allow_graceful=False)
+    killed = time.monotonic()
+    assert handle.wait(10) is None and handle.finished
+    ended = time.monotonic() - killed
+    assert ended <= 3.0, f"{killed - killing:.1f} s killing, {ended:.1f} s to end: {handle.error}"
+    assert other in handle.error.text and handle.error.role == "draft"
+    record = json.loads((tmp_path / "runs" / handle.run_id / "run.json").read_text())
+    assert record["status"] == "failed" and other in json.dumps(record)
