@@ -52,9 +52,11 @@ def workload_prompts(
     prompts_file: str | None = None,
     suite: str | None = None,
     n: int | None = None,
+    file_option: str = "--prompts-file",
 ) -> tuple[tuple[str, ...], tuple[str, ...], str]:
     """(prompts, their ids, their source) from one of --prompt, --prompt-file, --prompts-file
-    and --suite (the default prompt without any); `n` (cut by the check) needs a list."""
+    and --suite (the default prompt without any); `n` (cut by the check) needs a list.
+    `file_option` is what the user calls the prompts file (the dashboard's sentences)."""
     given = [
         flag
         for flag, value in (
@@ -78,7 +80,7 @@ def workload_prompts(
     if prompts_file is not None:
         from ipc.run_spec import read_prompts_file
 
-        return (*read_prompts_file(prompts_file), prompts_file)
+        return (*read_prompts_file(prompts_file, file_option), prompts_file)
     return (read_prompt(prompt, prompt_file),), (), ""
 
 

@@ -17,18 +17,27 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from app.progress import WorkloadProgress
+
 if TYPE_CHECKING:
     from app.config import Config
     from backends.discovery import Inventory
     from backends.sampler import SampleFeed
     from ipc import events as ev
-    from ipc.run_spec import CheckedRun, RunSpec
+    from ipc.run_spec import CheckedRun, RunSpec, Workload
     from ipc.watch import LiveWatch, RunHeader
 
 RUN_OVER = ("done", "stopped", "failed")
 HISTORY = 240  # steps of AL and tokens/s history kept for the sparklines
 # what the run controls call the options, for the one check's refusals
-OPTION_NAMES = {"k": "k", "max_new_tokens": "max new tokens", "temperature": "temperature"}
+OPTION_NAMES = {
+    "k": "k",
+    "max_new_tokens": "max new tokens",
+    "temperature": "temperature",
+    "n": "n",
+    "repeat": "repeat",
+    "duration": "the time bound",
+}
 
 
 @dataclass(frozen=True)
@@ -280,6 +289,10 @@ class RunView(Protocol):
         """The daemons running now, by role (none once the run is over)."""
         ...
 
+    def show_workload(self, progress: WorkloadProgress | None) -> None:
+        """A workload's progress (prompt i of N, ETA); None for a run of one prompt."""
+        ...
+
 
 def status_text(state: str, text: str) -> str:
     """A daemon's status as one phrase that says its state once (not `loading loading m`)."""
@@ -335,7 +348,10 @@ class LiveRun:
         self.acceptance = AcceptanceFigures()
         self.throughput = ThroughputFigures()
         self.daemons: dict[str, RunningDaemon] = {}
-        self.output = ""  # the text the run has generated so far
+        self.output = ""  # the text the run has generated so far (of its prompt going on)
+        self.workload: WorkloadProgress | None = None  # a workload's progress; None: one prompt
+        self._prompts: Workload | None = None  # the launched workload's prompts, for the output
+        self._next_prompt: str | None = None  # a workload's next prompt, shown at its first step
         self._checking = False  # a launch is being checked; no handle yet
         self._order = threading.Lock()  # a run's events queue up behind its Launched
         self._closed = False  # quitting: no run starts any more
@@ -349,10 +365,12 @@ class LiveRun:
 
     # -- asked by the screen (its thread) -----------------------------------------------------
 
-    def launch(self, spec: RunSpec, inventory: Inventory) -> bool:
+    def launch(self, spec: RunSpec | Callable[[], RunSpec], inventory: Inventory) -> bool:
         """Check `spec` and start its run on a thread of its own; False, and a notice, when a
         run is going on. What comes of it arrives through `deliver`: LaunchRefused, or
-        LaunchFailed, or Launched followed by the run's events."""
+        LaunchFailed, or Launched followed by the run's events. `spec` may be a function
+        that builds it there (reading a suite or a prompts file is slow work); its
+        EngineInputError is a refusal."""
         if self.busy:
             self._say_busy()
             return False
@@ -487,18 +505,21 @@ class LiveRun:
                 self.daemons[role] = RunningDaemon(pid, tuple(device_ids))
                 self.view.add_log(f"daemon pid {pid} on {', '.join(device_ids)}", role=role)
                 self.view.show_daemons(dict(self.daemons))
+            case ev.PromptEvent():
+                self._prompt_done(item)
             case ev.DoneEvent(result=result):
                 self._done(result)
 
     # -- on the launch thread -----------------------------------------------------------------
 
-    def _check_and_start(self, spec: RunSpec, inventory: Inventory) -> None:
+    def _check_and_start(self, spec: RunSpec | Callable[[], RunSpec], inventory: Inventory) -> None:
         """The one check every entry point makes, then the start; the outcome is delivered."""
         from backends.placement import PlacementError
         from engine.errors import EngineInputError
         from ipc.run_spec import check_run
 
         try:
+            spec = spec() if callable(spec) else spec
             run = check_run(
                 spec,
                 inventory,
@@ -565,6 +586,9 @@ class LiveRun:
         self.output = ""
         self.view.show_figures(self.acceptance, self.throughput)
         self.view.begin_output(run.prompt)
+        self._prompts, self._next_prompt = (run.workload if run.workload.several else None), None
+        self.workload = None if self._prompts is None else WorkloadProgress.starting(run.workload)
+        self.view.show_workload(self.workload)
         self.view.show_running(True)
         where = f"target on {', '.join(run.placement.target)}, draft on {run.placement.draft}"
         self.view.add_log(f"launched {run.target.name} + {run.draft.name} ({run.mode}; {where})")
@@ -599,9 +623,21 @@ class LiveRun:
         self.throughput = self.throughput.after_step(
             step.committed, step.draft_s, step.verify_s, step.transport_s, event.decode_tokens_per_s
         )
+        if self._next_prompt is not None:  # one prompt's text at a time, however long the run
+            self.output, prompt, self._next_prompt = "", self._next_prompt, None
+            self.view.begin_output(prompt)
         self.output += event.text
         self.view.show_figures(self.acceptance, self.throughput)
         self.view.append_output(event.text)
+
+    def _prompt_done(self, event: ev.PromptEvent) -> None:
+        """A workload's prompt finished: the gauge moves on; the next prompt's first step
+        starts the output afresh (the last one's stays once the run ends)."""
+        self.workload = WorkloadProgress.of(event)
+        self.view.show_workload(self.workload)
+        self._next_prompt = (
+            "" if self._prompts is None else self._prompts.prompt_at(event.index + 1)[1]
+        )
 
     def _done(self, result: dict) -> None:
         baseline = (result.get("baseline") or {}).get("decode_tokens_per_s")

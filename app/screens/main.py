@@ -34,6 +34,7 @@ from backends.placement import PlacementError
 
 if TYPE_CHECKING:
     from app.config import Config
+    from app.progress import WorkloadProgress
     from app.run_control import AcceptanceFigures, LiveRun, RunningDaemon, ThroughputFigures
     from app.widgets.acceptance import AcceptancePane
     from app.widgets.log import EventLog
@@ -484,18 +485,34 @@ class MainScreen(Screen):
             return
         from ipc.run_spec import RunSpec
 
-        spec = RunSpec(  # the folders picked: the check names them as the catalog does
-            target_model=str(target.path),
-            draft_model=str(draft.path),
-            target=placement.target,
-            draft=placement.draft,
-            mode=placement.mode,
-            k=options.k,
-            temperature=options.temperature,
-            prompts=(options.prompt,),
-            max_new_tokens=options.max_new_tokens,
-            baseline=options.baseline,
-        )
+        def spec() -> RunSpec:  # on the launch's thread: a suite or a file is read here
+            from app.run_args import workload_prompts
+
+            prompts, ids, source = workload_prompts(
+                prompt=options.prompt if options.source == "prompt" else None,
+                prompts_file=options.prompts_file,
+                suite=None if options.source in ("prompt", "file") else options.source,
+                n=options.n,
+                file_option="prompts file",
+            )
+            return RunSpec(  # the folders picked: the check names them as the catalog does
+                target_model=str(target.path),
+                draft_model=str(draft.path),
+                target=placement.target,
+                draft=placement.draft,
+                mode=placement.mode,
+                k=options.k,
+                temperature=options.temperature,
+                prompts=prompts,
+                max_new_tokens=options.max_new_tokens,
+                baseline=options.baseline,
+                prompt_ids=ids,
+                prompt_source=source,
+                n=options.n,
+                repeat=options.repeat,
+                duration=options.duration,
+            )
+
         self.live_run.launch(spec, self.inventory)
 
     def action_stop(self) -> None:
@@ -534,3 +551,6 @@ class MainScreen(Screen):
 
     def show_daemons(self, daemons: Mapping[str, RunningDaemon]) -> None:
         self._show_board()
+
+    def show_workload(self, progress: WorkloadProgress | None) -> None:
+        self.query_one(RunControls).show_workload(progress)

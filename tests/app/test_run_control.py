@@ -44,6 +44,7 @@ class ShownRun:
         self.running: list[bool] = []
         self.daemons: dict[str, RunningDaemon] = {}
         self.daemons_seen: dict[str, RunningDaemon] = {}
+        self.workloads: list = []  # a workload's progress as shown, None for one prompt
 
     def show_status(self, text):
         self.statuses.append(text)
@@ -73,6 +74,9 @@ class ShownRun:
     def show_daemons(self, daemons):
         self.daemons = dict(daemons)
         self.daemons_seen.update(daemons)
+
+    def show_workload(self, progress):
+        self.workloads.append(progress)
 
 
 def live_run(tmp_path) -> tuple[LiveRun, ShownRun, queue.Queue]:
