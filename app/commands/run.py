@@ -40,6 +40,7 @@ def main(args: argparse.Namespace) -> int:
             from app.exporter import RunMetricsServer
 
             metrics = RunMetricsServer(inventory, args.metrics_port)
+            print(f"specdeck: serving {metrics.server.url}", file=sys.stderr)
         run = check_spec(spec_from_args(args), args, inventory)
         workload = run.workload if run.session else None
         with RunProgress(run.max_new_tokens, sys.stderr.isatty(), workload) as progress:

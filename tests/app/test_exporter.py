@@ -413,7 +413,8 @@ def test_the_dashboards_run_is_exported_from_launch_to_end(tiny_pair, tmp_path):
 
 
 def start_exporter(*argv: str) -> tuple[subprocess.Popen, str]:
-    """`specdeck exporter` in a process of its own, and the URL it says it serves."""
+    """`specdeck ARGV` (the exporter, or a run with --metrics-port) in a process of its own,
+    and the URL it says it serves."""
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", *argv],
         cwd=ROOT,
@@ -576,3 +577,30 @@ def test_every_series_the_grafana_dashboard_queries_is_one_the_exporter_serves(s
     assert legend_labels - labels == set()
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+@pytest.mark.slow
+def test_specdeck_run_metrics_port_serves_its_run_until_it_ends(tiny_pair):
+    process, url = start_exporter(
+        "--simulate", "cuda:1", "run", "--target-model", str(tiny_pair[0]),
+        "--draft-model", str(tiny_pair[1]), "--target", "sim-cuda:0", "--draft", "sim-cuda:0",
+        "--max-new-tokens", "8", "--duration", "10m", "--metrics-port", "0",
+    )  # fmt: skip
+    try:
+
+        def stepping():
+            families = scrape_or_none(url)
+            found = families and samples(families, "specdeck_run_steps_total", mode="inprocess")
+            return families if found and found[0].value >= 1 else None
+
+        families = until(stepping, "the run's first step")
+        (info,) = samples(families, "specdeck_device_info", device="sim-cuda:0")
+        assert info.labels["role"] == "target+draft" and info.labels["simulated"] == "true"
+        (phase,) = [s for s in samples(families, "specdeck_run_phase") if s.value == 1]
+        assert phase.labels["phase"] in ("prefill", "decode")
+        assert phase.labels["placement"] == "target=sim-cuda:0 draft=sim-cuda:0"
+    finally:
+        process.send_signal(signal.SIGTERM)  # the time-bound workload's end: stop it
+        status = process.wait(60)
+    assert status == 128 + signal.SIGTERM
+    assert scrape_or_none(url) is None  # the process is gone, and its server with it
