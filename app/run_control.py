@@ -217,6 +217,7 @@ class WatchedRun:
         return self.wait()
 
     def _read(self) -> None:
+        from backends.base import Sample
         from ipc import events as ev
         from ipc.watch import WatchError, WatchFeed
 
@@ -233,7 +234,7 @@ class WatchedRun:
                             self.error = item
                         case ev.DoneEvent(result=result):
                             self.result = result
-                    if item is not None and not hasattr(item, "device_id"):  # not a Sample
+                    if item is not None and not isinstance(item, Sample):  # the cards sample
                         self._relay(item)
         except WatchError as exc:
             self._relay(WatchFailed(str(exc)))
