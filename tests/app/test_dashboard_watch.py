@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,39 +13,22 @@ import pytest
 from app.screens.main import MainScreen
 from app.screens.runs import RunsScreen
 from app.widgets.runs import LIVE_STATUS, RunsTable
+from tests import watched_runs
 from tests.app.dashboard_fakes import make_app, wait_filled, wait_for
+from tests.watched_runs import ended, python_process, specdeck_run
+
+run_dirs = watched_runs.run_dirs  # the fixture
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 RUN_S = 120  # the CLI's daemons start and decode on a loaded 2-core box
-
-
-@pytest.fixture
-def run_dirs(monkeypatch):
-    """A private temp dir, short enough for sockets, shared by the CLI and the dashboard."""
-    folder = Path(tempfile.mkdtemp(prefix="sdw-", dir="/tmp"))
-    monkeypatch.setenv("TMPDIR", str(folder))
-    monkeypatch.setattr(tempfile, "tempdir", None)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
 def cli_run(tiny_pair, run_dirs):
     """`specdeck run` of the tiny pair, split, long enough to be watched mid-run."""
-    cli = subprocess.Popen(
-        [
-            sys.executable, "-m", "app.cli", "run",
-            "--target-model", str(tiny_pair[0]), "--draft-model", str(tiny_pair[1]),
-            "--prompt", "def f(x):", "--k", "1", "--max-new-tokens", "700", "--mode", "split",
-            "--json",
-        ],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    cli = specdeck_run(tiny_pair, k=1, max_new_tokens=700)
     yield cli
-    if cli.poll() is None:
-        cli.kill()
-    cli.wait()
+    ended(cli)
 
 
 def notified(app, text: str) -> bool:
@@ -120,14 +99,9 @@ except KeyboardInterrupt:
 
 @pytest.fixture
 def script_run(tiny_pair, run_dirs):
-    script = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT_RUN, str(tiny_pair[0]), str(tiny_pair[1])],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    script = python_process("-c", SCRIPT_RUN, str(tiny_pair[0]), str(tiny_pair[1]))
     yield script
-    if script.poll() is None:
-        script.kill()
-    script.wait()
+    ended(script)
 
 
 def steps_recorded(run_id: str) -> int:

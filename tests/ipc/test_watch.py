@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,8 +27,10 @@ from ipc.watch import (
     live_runs,
     sample_from,
 )
+from tests import watched_runs
+from tests.watched_runs import ended, python_process, specdeck_run
 
-ROOT = Path(__file__).resolve().parents[2]
+run_dirs = watched_runs.run_dirs  # the fixture
 
 # a reader in a process of its own: prints its header, then what it saw, as JSON lines;
 # with "stuck" it takes its catch-up, says so, and then never reads again
@@ -68,22 +68,8 @@ print(json.dumps(seen), flush=True)
 """
 
 
-@pytest.fixture
-def run_dirs(monkeypatch):
-    """A private temp dir, short enough for sockets, where this test's run dirs go."""
-    folder = Path(tempfile.mkdtemp(prefix="sdw-", dir="/tmp"))
-    monkeypatch.setenv("TMPDIR", str(folder))
-    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
 def start_reader(mode: str) -> subprocess.Popen:
-    data_dir = os.environ["SPECDECK_DATA_DIR"]
-    return subprocess.Popen(
-        [sys.executable, "-c", READER, data_dir, mode],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    return python_process("-c", READER, os.environ["SPECDECK_DATA_DIR"], mode, stdin=True)
 
 
 def header_of(reader: subprocess.Popen) -> dict:
@@ -242,10 +228,7 @@ def start_reader_at(endpoint: str) -> subprocess.Popen:
         "while feed.next(2) is not None: got += 1\n"
         "print(got, flush=True)\n"
     )
-    return subprocess.Popen(
-        [sys.executable, "-c", code, endpoint],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    return python_process("-c", code, endpoint, stdin=True)
 
 
 def test_a_run_that_has_ended_cannot_be_watched(run_dirs):
@@ -275,15 +258,7 @@ def test_a_run_whose_process_was_killed_ends_its_feed_from_its_record(run_dirs, 
 def test_two_readers_and_one_that_never_reads_watch_a_cli_run_to_its_end(tiny_pair, run_dirs):
     readers = [start_reader("read"), start_reader("read")]
     stuck = start_reader("stuck")
-    cli = subprocess.Popen(
-        [
-            sys.executable, "-m", "app.cli", "run",
-            "--target-model", str(tiny_pair[0]), "--draft-model", str(tiny_pair[1]),
-            "--prompt", "def f(x):", "--k", "2", "--max-new-tokens", "120", "--mode", "split",
-            "--json",
-        ],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    cli = specdeck_run(tiny_pair, k=2, max_new_tokens=120)
     try:
         headers = [header_of(r) for r in (*readers, stuck)]
         out, err = cli.communicate(timeout=180)  # the run ends though one reader never reads
@@ -305,9 +280,7 @@ def test_two_readers_and_one_that_never_reads_watch_a_cli_run_to_its_end(tiny_pa
         assert live_runs(os.environ["SPECDECK_DATA_DIR"]) == []
     finally:
         for process in (*readers, stuck, cli):
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+            ended(process)
 
 
 def test_live_runs_lists_open_endpoints_of_live_owners_under_the_data_dir(run_dirs, tmp_path):
