@@ -1,8 +1,18 @@
 """Shared test setup: every test gets private config and data folders."""
 
 import shutil
+import signal
 
 import pytest
+
+
+def pytest_configure(config):
+    """Ctrl+C reaches the processes the tests start, as from a terminal. A shell starts a
+    background job with SIGINT ignored (POSIX, without job control), and an ignored signal
+    stays ignored across exec: specdeck under such a suite would never see the SIGINT a test
+    sends it (seen: `.ci/run` started with `&` from a script)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _has_nvidia_gpu() -> bool:
