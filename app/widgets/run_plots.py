@@ -26,19 +26,19 @@ from ipc.records import RunNotFound
 POINTS = 100  # a terminal plot is at most about this many cells wide
 LABEL_WIDTH = max(len(p) for p in PHASES)  # every panel's y labels, so their x axes line up
 PHASE_ROWS = len(PHASES) + 2  # the phase panel: a row a phase, and its frame
-# the theme's chart colours (each theme keeps them readable on its own background):
-# run A's lines, then run B's; a run's first colour draws its tokens/s, AL and phases
-RUN_PALETTES = (
-    ("chart-utilization", "chart-acceptance", "role-draft", "badge-cpu"),
-    ("chart-memory", "role-target", "drop-refused", "badge-sim"),
-)
+# theme colours every specdeck theme keeps readable (4.5:1) on the plot's background: run A's
+# and run B's lines, and a colour a device (the same device the same colour in both runs)
+RUN_COLORS = ("chart-utilization", "chart-memory")
+DEVICE_COLORS = ("chart-utilization", "chart-memory", "chart-acceptance", "foreground")
+RUN_MARKERS = ("braille", "hd")  # run B's lines are drawn in blocks, so they differ without colour
 
 
 def panel_heights(rows: int, device_lines: int) -> tuple[int, int, int]:
     """Rows for the tokens/s, AL and utilization panels under the phases: the utilization
-    panel tall enough for its legend (a line a device), the rest shared."""
-    rest = max(0, rows - PHASE_ROWS - 1)  # the time axis's labels take a row under the last
-    utilization = max(device_lines + 2, rest // 3)
+    panel tall enough for its legend (a line a device, its frame and the time axis's labels),
+    the rest shared."""
+    rest = max(0, rows - PHASE_ROWS)
+    utilization = max(device_lines + 3, rest // 3)
     share = max(3, (rest - utilization) // 2)
     return share, share, max(3, rest - 2 * share)
 
@@ -98,37 +98,43 @@ class RunPlots(PlotextPlot):
         phase_ax.plotsize(None, PHASE_ROWS)
         phase_ax.yticks(list(range(len(PHASES))), [name.rjust(LABEL_WIDTH) for name in PHASES])
         phase_ax.ylim(-0.5, len(PHASES) - 0.5)
-        panels = [  # (axes, what the legend calls a line, the lines of a run)
-            (plt.subplot(2, 1), "tok/s", lambda p: [("", p.throughput)]),
-            (plt.subplot(3, 1), "AL", lambda p: [("", p.acceptance)]),
-            (plt.subplot(4, 1), "util %", lambda p: list(p.utilization)),
+        panels = [  # (axes, what the legend calls a line, the y labels' unit, a run's lines)
+            (plt.subplot(2, 1), "tok/s", "", lambda p: [("", p.throughput)]),
+            (plt.subplot(3, 1), "AL", "", lambda p: [("", p.acceptance)]),
+            (plt.subplot(4, 1), "", "%", lambda p: list(p.utilization)),  # a line a device
         ]
+        devices = device_ids(plots)
         for index, plot in enumerate(plots):
             letter = "AB"[index] if len(plots) > 1 else ""
-            colors = [self._color(name) for name in RUN_PALETTES[index]]
-            self._line(phase_ax, phase_line(plot.phases), colors[0], letter or None)
-            for ax, what, lines in panels:
-                for n, (device_id, series) in enumerate(lines(plot)):
+            run_color, marker = self._color(RUN_COLORS[index]), RUN_MARKERS[index]
+            self._line(phase_ax, phase_line(plot.phases), run_color, marker, letter or None)
+            for ax, what, _, lines in panels:
+                for device_id, series in lines(plot):
                     label = " ".join(x for x in (letter, device_id, what) if x)
-                    self._line(ax, series, colors[n % len(colors)], label)
+                    color = run_color
+                    if device_id:
+                        n = devices.index(device_id) % len(DEVICE_COLORS)
+                        color = self._color(DEVICE_COLORS[n])
+                    self._line(ax, series, color, marker, label)
         end = max(p.end_s for p in plots) or 1.0
-        lines_drawn = len(device_ids(plots)) * len(plots)
+        lines_drawn = sum(len(p.utilization) for p in plots)
         heights = panel_heights(self.content_size.height, lines_drawn)
-        for (ax, _, _), height in zip(panels, heights, strict=True):
+        for (ax, *_), height in zip(panels, heights, strict=True):
             ax.plotsize(None, height)
-        for ax, _, lines in panels:
-            top = 100.0 if ax is panels[-1][0] else self._top(plots, lines)
+        for ax, _, unit, lines in panels:
+            top = 100.0 if unit == "%" else self._top(plots, lines)
             ax.ylim(0, top)
             ticks = [0.0, top / 2, top]  # labels as wide as the phases', so the panels align
-            ax.yticks(ticks, [f"{t:.3g}".rjust(LABEL_WIDTH) for t in ticks])
-        for ax in (phase_ax, *(ax for ax, _, _ in panels)):
+            ax.yticks(ticks, [f"{t:.3g}{unit}".rjust(LABEL_WIDTH) for t in ticks])
+        for ax in (phase_ax, *(ax for ax, *_ in panels)):
             ax.xlim(0, end)
             if ax is not panels[-1][0]:
                 ax.xticks([])  # one time axis, under the last panel
         self.refresh()
 
     def _color(self, variable: str) -> tuple[int, int, int]:
-        return Color.parse(self.app.theme_variables[variable]).rgb
+        theme = self.app.theme_variables  # specdeck's own outside its app: the foreground
+        return Color.parse(theme.get(variable) or theme["foreground"]).rgb
 
     @staticmethod
     def _top(plots: Sequence[RunPlot], lines) -> float:
@@ -136,7 +142,7 @@ class RunPlots(PlotextPlot):
         return max(values, default=0.0) * 1.05 or 1.0
 
     @staticmethod
-    def _line(ax, series: Series, color: tuple[int, int, int], label: str | None) -> None:
+    def _line(ax, series: Series, color: tuple[int, int, int], marker: str, label: str | None):
         times, values = series.present()
         if times:
-            ax.plot(times, values, color=color, label=label, marker="braille")
+            ax.plot(times, values, color=color, marker=marker, label=label)
