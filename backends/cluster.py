@@ -9,6 +9,7 @@ given a cluster address (`specdeck --cluster`), never at import.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import socket
@@ -46,8 +47,9 @@ def amdsmi_breaks_imports() -> bool:
         return sys.modules["amdsmi"] is None and str(_AMDSMI_STAND_IN) in os.environ.get(
             "PYTHONPATH", ""
         )
-    try:
-        import amdsmi  # noqa: F401
+    try:  # its failed library search prints to stdout, where `devices --json` writes
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            import amdsmi  # noqa: F401
     except ImportError:
         return False
     except Exception:
@@ -76,11 +78,30 @@ def import_ray() -> Any:
     return ray
 
 
+def address_problem(address: str, timeout_s: float = 3.0) -> str | None:
+    """Why nothing that could be a Ray cluster answers at `HOST:PORT`, or None (Ray itself
+    retries a dead address for minutes)."""
+    if address.strip() == "auto" or address.startswith("ray://"):
+        return None  # Ray's own: the cluster this machine is a node of; Ray Client
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"{address!r} is no cluster address: expected HOST:PORT, e.g. 10.0.0.5:6379"
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"nothing answers at {address}: {exc.strerror or exc}"
+    return None
+
+
 def join(address: str) -> Any:
     """Join the Ray cluster at `address` as a client (once per process); the `ray` module."""
-    ray = import_ray()
-    if ray.is_initialized():
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
         return ray
+    problem = address_problem(address)  # before Ray's import, which takes a second or more
+    if problem:
+        raise ClusterUnavailable(f"cannot join the Ray cluster: {problem}") from None
+    ray = import_ray()
     try:
         ray.init(
             address=address,
@@ -317,3 +338,21 @@ class ClusterBackend(Backend):
             if self._ray is not None:
                 for node_id in list(self._nodes):
                     self._forget(node_id)
+
+
+def ray_command(argv: list[str]) -> int:
+    """Ray's own command line (`ray start ...`) with the amdsmi guard: where ROCm is absent
+    `ray start` itself dies on amdsmi's KeyError (docs/cluster.md)."""
+    import_ray()
+    from ray.scripts.scripts import main
+
+    sys.argv = ["ray", *argv]
+    try:
+        main()
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(ray_command(sys.argv[1:]))

@@ -60,6 +60,15 @@ def test_the_cluster_address_comes_from_the_config_too(tmp_path, capsys):
     assert "[cluster] address must be a Ray address" in capsys.readouterr().err
 
 
+def test_an_address_where_nothing_answers_is_one_line_and_status_2(capsys):
+    from app.cli import main
+
+    assert main(["--cluster", "127.0.0.1:1", "devices"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("specdeck: cannot join the Ray cluster: nothing answers at 127.0.0.1:1")
+    assert len(err.splitlines()) == 1
+
+
 # -- a two-node cluster on this machine ------------------------------------------------------
 
 
@@ -124,6 +133,29 @@ def test_devices_lists_every_host_with_the_same_fields(cluster, board, capsys):
     assert simulated["simulated"] and simulated["memory_total_bytes"] > 0
     assert simulated["power_watts"] is not None and simulated["pci_bus_id"] is None  # n/a
     assert any(u["backend"] == f"{head}/cuda" for u in document["unavailable"])
+
+
+@pytest.mark.cluster
+async def test_the_dashboard_board_shows_both_hosts_cards(cluster, board):
+    from app.cli import build_parser
+    from app.commands.dashboard import build_app
+    from app.widgets.devices import DeviceCard
+    from tests.app.dashboard_fakes import wait_for
+
+    _, head, other = board
+    app = build_app(build_parser().parse_args(["--cluster", cluster[0]]))
+    async with app.run_test(size=(160, 50)) as pilot:
+
+        def shown() -> set[str]:
+            return {card.device.id for card in app.screen.query(DeviceCard)}
+
+        await wait_for(
+            pilot,
+            lambda: {f"{head}/sim-cuda:1", f"{other}/sim-cuda:0"} <= shown(),
+            "both hosts' cards",
+            timeout_s=60,
+        )
+        assert all(i.split("/", 1)[0] in (head, other) for i in shown())
 
 
 @pytest.mark.cluster

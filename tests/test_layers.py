@@ -21,3 +21,25 @@ def test_the_import_contracts_hold(capsys):
     assert code == 0, out
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
     assert "BROKEN" not in out and out.count("KEPT") == len(contracts["contracts"])
+
+
+def test_nothing_imports_ray_without_a_cluster_address():
+    """The command line and the dashboard process stay light: Ray only with --cluster."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, contextlib, io\n"
+        "from app.cli import main\n"
+        "from app.commands.dashboard import build_app\n"
+        "import app.dashboard, app.run_control, ipc.runner, ipc.cluster_daemons, backends.cluster\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['--simulate', 'cuda:1', 'devices', '--json']) == 0\n"
+        "    build_app(main.__globals__['build_parser']().parse_args(['--simulate', 'cuda:1']))\n"
+        "print(*(m in sys.modules for m in ('ray', 'torch', 'transformers')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "False"]
