@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -183,7 +182,9 @@ def test_a_late_joiner_gets_the_header_each_roles_state_and_then_only_new_events
 
 def test_a_reader_that_never_reads_stalls_neither_the_run_nor_the_other_readers(run_dirs):
     """Far more than a reader's queue and the socket buffers together, while one reader in
-    another process never reads: every publish returns at once and a reading reader gets all."""
+    another process never reads: publishing goes on (a publish that waited for that reader
+    would hang here), a reading reader gets every event, and the one that never read finds
+    only a bounded part waiting for it."""
     publisher = WatchPublisher(run_dirs, header())
     publisher.start()
     stuck = start_reader_at(f"ipc://{run_dirs}/watch.sock")
@@ -194,19 +195,15 @@ def test_a_reader_that_never_reads_stalls_neither_the_run_nor_the_other_readers(
         feed.hello()
         total, batch = 4 * WATCH_HWM, 2048
         text = "t" * 200
-        slowest = 0.0
         for start in range(0, total, batch):
             for i in range(start, start + batch):
-                began = time.perf_counter()
                 publisher.publish(step_event(i, text))
-                slowest = max(slowest, time.perf_counter() - began)
             while len(got) < start + batch:  # the reading reader keeps up batch by batch
                 item = feed.next(10)
                 assert item is not None, f"the reading reader stalled at {len(got)}"
                 got.append(item.step.index)
         assert got == list(range(total)) and feed.missed == 0
         assert publisher.dropped == 0
-        assert slowest < 0.05  # a publish only queues
         assert stuck.poll() is None  # it is still there, never having read
         feed.close()
         stuck.stdin.write("read now\n")
