@@ -3,8 +3,9 @@ same (no Textual, no rich here)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ipc.events import PromptEvent
@@ -55,3 +56,15 @@ class WorkloadProgress:
     def detail(self) -> str:
         """`2 done, ETA 0:12`."""
         return f"{self.done} done, ETA {time_text(self.eta_s)}"
+
+    def line(self, result: Mapping[str, Any]) -> str:
+        """`prompt 3 of 10 done: 40 tokens, AL 2.31, 120.5 tok/s; ETA 0:12`, after the prompt
+        whose generation document is `result`."""
+        tokens = result.get("new_tokens", 0)
+        figures = [f"{tokens} token{'' if tokens == 1 else 's'}"]
+        if result.get("mean_acceptance_length") is not None:
+            figures.append(f"AL {result['mean_acceptance_length']:.2f}")
+        if result.get("decode_tokens_per_s") is not None:
+            figures.append(f"{result['decode_tokens_per_s']:.1f} tok/s")
+        of = "" if self.total is None else f" of {self.total}"
+        return f"prompt {self.done}{of} done: {', '.join(figures)}; ETA {time_text(self.eta_s)}"

@@ -636,6 +636,7 @@ class LiveRun:
         starts the output afresh (the last one's stays once the run ends)."""
         self.workload = WorkloadProgress.of(event)
         self.view.show_workload(self.workload)
+        self.view.add_log(self.workload.line(event.result))
         self._next_prompt = (
             "" if self._prompts is None else self._prompts.prompt_at(event.index + 1)[1]
         )

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.progress import WorkloadProgress, time_text
+from app.progress import WorkloadProgress
 from app.run_args import check_spec, spec_from_args
 from engine.errors import EngineInputError
 from ipc.records import PROMPTS_FILE
@@ -222,7 +222,7 @@ class RunProgress:
         clock = time.monotonic()
         if self._plain_at is None or now.finished or clock - self._plain_at >= PLAIN_EVERY_S:
             self._plain_at = clock
-            print(f"specdeck: {plain_line(now, event.result)}", file=sys.stderr, flush=True)
+            print(f"specdeck: {now.line(event.result)}", file=sys.stderr, flush=True)
 
     def show(self, event: RunEvent) -> None:
         """Follow the run's events (called from the run's thread)."""
@@ -252,14 +252,3 @@ class RunProgress:
             tps = f"{self._committed / self._decode_s:.1f}" if self._decode_s > 0 else "-"
             detail = f"{self._tokens}/{self.total} tokens  AL {al}  {tps} tok/s"
             self._progress.update(self._task, completed=self._tokens, detail=detail, **fields)
-
-
-def plain_line(now: WorkloadProgress, result: dict[str, Any]) -> str:
-    """`prompt 3 of 10 done: 40 tokens, AL 2.31, 120.5 tok/s; ETA 0:12` for a log."""
-    figures = [f"{result.get('new_tokens', 0)} tokens"]
-    if result.get("mean_acceptance_length") is not None:
-        figures.append(f"AL {result['mean_acceptance_length']:.2f}")
-    if result.get("decode_tokens_per_s") is not None:
-        figures.append(f"{result['decode_tokens_per_s']:.1f} tok/s")
-    of = "" if now.total is None else f" of {now.total}"
-    return f"prompt {now.done}{of} done: {', '.join(figures)}; ETA {time_text(now.eta_s)}"

@@ -180,6 +180,30 @@ async def test_the_dashboard_s_gauge_follows_a_workload_prompt_by_prompt(
         label = str(gauge.query_one(".gauge-label").render())
         assert label == "prompt 4 of 4 · 4 done, ETA 0:00"
         assert screen.query_one("#output").text  # the last prompt's output
+        said = [e.text for e in screen.event_log.entries if e.text.startswith("prompt ")]
+        assert [line.split(":")[0] for line in said] == [
+            f"prompt {i} of 4 done" for i in (1, 2, 3, 4)
+        ]
+
+
+def test_progress_reads_the_same_in_the_bar_the_gauge_and_the_log():
+    from app.progress import WorkloadProgress, time_text
+    from ipc.events import PromptEvent
+    from ipc.run_spec import Workload
+
+    assert [time_text(s) for s in (None, 0.4, 75, 3725)] == ["-", "0:00", "1:15", "1:02:05"]
+    start = WorkloadProgress.starting(Workload(prompts=("a", "b"), repeat=5))
+    assert (start.label, start.detail) == ("prompt 1 of 10", "0 done, ETA -")
+    timed = WorkloadProgress.starting(Workload(prompts=("a",), duration_s=90.0))
+    assert (timed.label, timed.detail) == ("prompt 1", "0 done, ETA 1:30")
+    result = {"new_tokens": 40, "mean_acceptance_length": 2.3125, "decode_tokens_per_s": 120.54}
+    after = WorkloadProgress.of(PromptEvent(2, 10, result, 30.0, 0.3, 70.0))
+    assert (after.label, after.finished) == ("prompt 4 of 10", False)
+    assert after.line(result) == "prompt 3 of 10 done: 40 tokens, AL 2.31, 120.5 tok/s; ETA 1:10"
+    last = WorkloadProgress.of(PromptEvent(9, 10, {"new_tokens": 1}, 99.0, 1.0, 0.0))
+    assert (last.label, last.finished, last.line({"new_tokens": 1})) == (
+        "prompt 10 of 10", True, "prompt 10 of 10 done: 1 token; ETA 0:00",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
