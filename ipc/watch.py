@@ -393,7 +393,7 @@ class WatchFeed:
         self.endpoint = endpoint
         path = endpoint.removeprefix("ipc://")
         if endpoint.startswith("ipc://") and not os.path.exists(path):
-            raise WatchError(f"no run is watchable at {endpoint}: it has ended")
+            raise _ended(endpoint)
         self.header: RunHeader | None = None
         self.ended = False
         self.missed = 0  # live events this reader lost (it fell behind the publisher)
@@ -431,6 +431,8 @@ class WatchFeed:
             if now > deadline:
                 raise WatchError(f"the run at {self.endpoint} did not answer")
             if now - asked > HELLO_RETRY_S:
+                if not os.path.exists(self.endpoint.removeprefix("ipc://")):
+                    raise _ended(self.endpoint)
                 self._say_hello()
                 asked = now
             if self._sock.poll(100):
@@ -527,6 +529,11 @@ class WatchFeed:
 
 
 _OVER = ("done", "stopped", "failed")
+
+
+def _ended(endpoint: str) -> WatchError:
+    """The error of a run whose endpoint has gone: it has ended."""
+    return WatchError(f"no run is watchable at {endpoint}: it has ended")
 
 
 def _recorded_status(record_dir: Path) -> str | None:
