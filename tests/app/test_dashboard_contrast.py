@@ -140,6 +140,42 @@ async def _two_runs_compared(pilot) -> None:
     await pilot.pause()
 
 
+async def _two_runs_plotted(pilot) -> None:
+    """Two recorded runs with steps and device samples, overlaid in the runs view's plots."""
+    import time
+
+    from app.config import data_dir
+    from app.widgets.run_plots import RunPlots
+    from backends.base import Sample
+    from ipc.records import RunRecorder
+
+    for k in (3, 5):
+        recorder = RunRecorder(
+            data_dir(),
+            target_model="t",
+            draft_model="d",
+            placement={"target": ["sim-cuda:0"], "draft": "sim-cuda:1"},
+            mode="split",
+            options={"k": k},
+        )
+        for i, phase in enumerate(("load", "prefill", "decode", "decode", "decode", "idle")):
+            for n, device in enumerate(("cpu", "sim-cuda:0", "sim-cuda:1")):
+                sample = Sample(
+                    device, time.time() + i, utilization_percent=10.0 * (i + n), phase=phase
+                )
+                recorder.sample(sample)
+            recorder.step(StepRecord(i, k, i % k, i % k + 1, 0.01, 0.02, k=k), 2.0)
+        recorder.finish({"mean_acceptance_length": 2.0})
+    await wait_filled(pilot)
+    await pilot.press("r")
+    await wait_for(pilot, lambda: pilot.app.screen.query(RunPlots), "the runs view")
+    plots = pilot.app.screen.query_one(RunPlots)
+    await wait_for(pilot, lambda: len(plots.shown) == 1, "a run plotted")
+    await pilot.press("space", "down", "space")
+    await wait_for(pilot, lambda: len(plots.shown) == 2, "two runs overlaid")
+    await pilot.pause()
+
+
 @pytest.mark.parametrize("theme", [t.name for t in THEMES])
 @pytest.mark.parametrize(
     ("what", "size", "prepare"),
@@ -148,6 +184,7 @@ async def _two_runs_compared(pilot) -> None:
         ("a run going on", (160, 48), _a_run_with_everything_on_screen),
         ("a run going on, 80x24", (80, 24), _a_run_with_everything_on_screen),
         ("the runs view", (120, 40), _two_runs_compared),
+        ("the runs view's plots", (120, 40), _two_runs_plotted),
     ],
 )
 async def test_every_theme_draws_readable_colours(theme, what, size, prepare):
