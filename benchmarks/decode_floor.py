@@ -98,6 +98,25 @@ def event_times(torch, fn, repeats: int) -> list[float]:
     return times
 
 
+def fixed_context(torch, decoder, prompt: list[int]):
+    """Start target decoding of `prompt`; then a wrapper that puts the context length back
+    before each call of a program, so that every timed replay sees the same context."""
+    decoder.begin(0.0, 0)
+    decoder.start_target(prompt)
+    head = decoder.head_device
+    context = decoder.length[head].clone()
+
+    def at_context(run):
+        def call():
+            with torch.inference_mode():
+                decoder.length[head].copy_(context)
+            run()
+
+        return call
+
+    return at_context
+
+
 def micro(torch, report: Report, target, draft, device: str) -> None:
     """Bandwidth, floor, capture, step, verify by k and burst by k on the graph path."""
     from decode_step import measure_bandwidth
@@ -129,21 +148,14 @@ def micro(torch, report: Report, target, draft, device: str) -> None:
     dg.prepare(tokens, burst_ks=BURST_KS, mode=GREEDY)
     doc["draft_capture_s"] = time.perf_counter() - start
     doc["capture_programs"]["draft"] = f"burst k={BURST_KS[0]}..{BURST_KS[-1]} + commit"
+    doc["kernels"]["pdl"] = {"target": tg.pdl, "draft": dg.pdl}
+    doc["kernels"]["draft_burst_products"] = {
+        "triton": dg.burst_products,
+        "trial_ms": dg.burst_products_ms,  # a two-token burst each way, when timed
+    }
     report.write()
 
-    tg.begin(0.0, 0)
-    tg.start_target(prompt)
-    head = tg.head_device
-    context = tg.length[head].clone()
-
-    def at_context(run):
-        def call():
-            with torch.inference_mode():
-                tg.length[head].copy_(context)  # the same context length for every replay
-            run()
-
-        return call
-
+    at_context = fixed_context(torch, tg, prompt)
     for _ in range(5):
         at_context(lambda: tg.run("step", 1, GREEDY))()
     step = event_times(torch, at_context(lambda: tg.run("step", 1, GREEDY)), REPLAYS)

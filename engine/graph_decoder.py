@@ -38,6 +38,7 @@ from engine.sampling import accept_greedy, accept_sampled, residual_row, sample_
 CAPACITY_STEP = 256  # caches grow in these steps, so similar runs reuse their graphs
 CAPACITY_SLACK = 16
 WARMUP_RUNS = 2  # eager runs before a capture: cuBLAS handles, workspaces, autotuning
+BURST_TRIALS = 12  # replays of each kind of burst when choosing its products
 
 GREEDY, SAMPLED, DEFERRED = "greedy", "sampled", "deferred"  # how a verification chooses
 
@@ -207,6 +208,7 @@ class GraphDecoder:
         self.kv_heads = int(config.num_key_value_heads)
         self.groups = self.heads // self.kv_heads
         self.scaling = float(first.scaling)
+        self.intermediate = int(config.intermediate_size)
         self.vocab = int(self.lm_head.shape[0])
         self.embed_rows = int(self.embed.shape[0])
         self.rotary = inner.rotary_emb
@@ -214,9 +216,22 @@ class GraphDecoder:
         self.final_norm = inner.norm.weight.to(self.head_device)
         self.stages = self._stages(inner.layers, split_layers)
         self.devices = list(dict.fromkeys(s.device for s in self.stages))
+        # programmatic dependent launch for the Triton kernels (Hopper and later)
+        self.pdl = (
+            self.capture
+            and decode_kernels.pdl_available(self.head_device)
+            and os.environ.get("SPECDECK_DECODE_PDL", "1") != "0"
+        )
         self.kernels, self.kernels_reason = self._choose_kernels(
             kernels or os.environ.get("SPECDECK_DECODE_KERNELS", "auto"), first
         )
+        self.pdl = self.pdl and self.kernels != "torch"
+        self.gemv = self.kernels == "triton-gemv"
+        # the draft's bursts: Triton products or cuBLAS, whichever replays faster here
+        # (chosen at the first burst's capture); the target's step and verification
+        # always use cuBLAS, so that they round alike and verification stays exact
+        self.burst_products: bool | None = None if self.gemv else False
+        self.burst_products_ms: dict[str, float] = {}
         self.clock = DeviceClock(self.head_device)
         self.capacity = 0
         self.k_cap = 0
@@ -230,31 +245,56 @@ class GraphDecoder:
     # -- layout --------------------------------------------------------------------------
 
     def _choose_kernels(self, wanted: str, attn: Any) -> tuple[str, str | None]:
-        """ "triton" (fused kernels, checked on this device first) or "torch", and why not
-        triton. "auto" takes triton on CUDA when it agrees with the torch ops."""
+        """ "triton-gemv" (fused kernels and the few-row products in Triton), "triton"
+        (fused kernels, cuBLAS products) or "torch", each Triton set checked against the
+        torch ops on this device first; and why not the fastest. "auto" takes the fastest
+        that agrees with torch on CUDA."""
         if wanted == "torch":
             return "torch", "torch ops asked for"
         if not decode_kernels.available():
             return "torch", "Triton is not installed"
         if wanted == "auto" and not self.capture:
             return "torch", "not on CUDA"
-        qk_norm = getattr(attn, "q_norm", None) is not None
+        reasons = []
+        if wanted in ("auto", "triton-gemv"):
+            problem = self._gemv_unsupported() or self._kernel_problem(attn, products=True)
+            if problem is None:
+                return "triton-gemv", None
+            reasons.append(f"no Triton products: {problem}")
+        problem = self._kernel_problem(attn, products=False)
+        if problem is None:
+            return "triton", "; ".join(reasons)[:300] or None
+        return "torch", f"Triton kernels disagree with torch here: {problem}"[:300]
+
+    def _kernel_problem(self, attn: Any, products: bool) -> str | None:
         try:
-            problem = decode_kernels.self_check(
+            return decode_kernels.self_check(
                 self.head_device,
                 self.dtype,
                 self.heads,
                 self.kv_heads,
                 self.head_dim,
                 self.hidden,
-                qk_norm,
+                getattr(attn, "q_norm", None) is not None,
+                intermediate=self.intermediate if products else None,
+                pdl=self.pdl,
             )
         except Exception as exc:  # a kernel that does not compile here
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            problem = f"{type(exc).__name__}: {text}"
-        if problem is not None:
-            return "torch", f"Triton kernels disagree with torch here: {problem}"[:300]
-        return "triton", None
+            return f"{type(exc).__name__}: {text}"
+
+    def _gemv_unsupported(self) -> str | None:
+        """Why `decode_kernels.linear` cannot run this model's products, or None."""
+        widths = (self.hidden, self.heads * self.head_dim, self.intermediate)
+        if not all(decode_kernels.gemv_fits(1, width) for width in widths):
+            return f"inputs {widths} wider than {decode_kernels.GEMV_MAX_IN}"
+        weights = [self.lm_head]
+        for stage in self.stages:
+            for _, layer in stage.layers:
+                weights += [layer.qkv[0], layer.o[0], layer.gate_up[0], layer.down[0]]
+        if not all(w.is_contiguous() for w in weights):
+            return "a weight is not row-major"
+        return None
 
     def _stages(self, layers: Sequence[Any], split_layers: int | None) -> list[_Stage]:
         """Embedding, layers and head grouped into runs on one device, in forward order;
@@ -403,6 +443,10 @@ class GraphDecoder:
                 self._need_rows("probs" if mode == DEFERRED else "q_rows")
             missing = [key for key in wanted if key not in self._programs]
             saved = self._state_snapshot() if missing else []
+            if self.burst_products is None and any(key[0] == "burst" for key in missing):
+                if on_progress is not None:
+                    on_progress("timing the draft's products")
+                self._choose_burst_products()
             for index, key in enumerate(missing):
                 if on_progress is not None:
                     what = f"{key[0]} k={key[1]}" if key[0] in ("verify", "burst") else key[0]
@@ -475,16 +519,22 @@ class GraphDecoder:
         return _Program(pieces, self._mirror if len(self.devices) > 1 else None)
 
     def _stage_forward(
-        self, stage: _Stage, x: torch.Tensor, start: torch.Tensor, offset: int
+        self,
+        stage: _Stage,
+        x: torch.Tensor,
+        start: torch.Tensor,
+        offset: int,
+        products: bool = False,
     ) -> torch.Tensor:
-        """The stage's layers over n new tokens at positions start + offset + (0..n-1)."""
+        """The stage's layers over n new tokens at positions start + offset + (0..n-1);
+        `products`: the few-row products in Triton (`decode_kernels.linear`)."""
         if not stage.layers:
             return x
         n, device = x.shape[0], stage.device
         positions = start + self.key_index[device][offset : offset + n]
-        if self.kernels == "triton":
+        if self.kernels != "torch":
             for local, (_, layer) in enumerate(stage.layers):
-                x = self._fused_layer(stage, local, layer, x, positions)
+                x = self._fused_layer(stage, local, layer, x, positions, products)
             return x
         cos, sin = self.rope[device].index_select(0, positions).unsqueeze(1).chunk(2, dim=-1)
         # query rows are (token, group): row r belongs to token r // groups
@@ -528,11 +578,17 @@ class GraphDecoder:
         gate, up = F.linear(h, *layer.gate_up).chunk(2, dim=-1)
         return _linear_add(x, F.silu(gate) * up, layer.down)
 
-    def _fused_layer(self, stage, local, layer: LayerWeights, x, positions) -> torch.Tensor:
-        """The same layer through engine.decode_kernels: about half the launches."""
-        kernels = decode_kernels
-        h = kernels.rms_norm(x, layer.input_norm, self.eps)
-        qkv = F.linear(h, *layer.qkv)
+    def _fused_layer(
+        self, stage, local, layer: LayerWeights, x, positions, products: bool
+    ) -> torch.Tensor:
+        """The same layer through engine.decode_kernels: about half the launches; with
+        Triton `products` (a few rows), norms, gating and residuals join the products."""
+        kernels, pdl = decode_kernels, self.pdl
+        products = products and x.shape[0] <= kernels.GEMV_ROWS
+        if products:
+            qkv = kernels.linear(x, layer.qkv, norm=layer.input_norm, eps=self.eps, pdl=pdl)
+        else:
+            qkv = F.linear(kernels.rms_norm(x, layer.input_norm, self.eps, pdl), *layer.qkv)
         keys, values = stage.keys[local], stage.values[local]
         q = kernels.qk_rope_cache(
             qkv,
@@ -545,17 +601,27 @@ class GraphDecoder:
             self.heads,
             self.kv_heads,
             self.eps,
+            pdl,
         )
-        out = kernels.attention(q, keys, values, positions, self.scaling)
+        out = kernels.attention(q, keys, values, positions, self.scaling, pdl)
+        if products:
+            x = kernels.linear(out, layer.o, residual=x, pdl=pdl)
+            gate_up = kernels.linear(x, layer.gate_up, norm=layer.post_norm, eps=self.eps, pdl=pdl)
+            return kernels.linear(gate_up, layer.down, silu=True, residual=x, pdl=pdl)
         x = _linear_add(x, out, layer.o)
-        h = kernels.rms_norm(x, layer.post_norm, self.eps)
-        return _linear_add(x, kernels.silu_mul(F.linear(h, *layer.gate_up)), layer.down)
+        h = kernels.rms_norm(x, layer.post_norm, self.eps, pdl)
+        return _linear_add(x, kernels.silu_mul(F.linear(h, *layer.gate_up), pdl), layer.down)
 
-    def _head(self, x: torch.Tensor, last_only: bool) -> torch.Tensor:
+    def _head(self, x: torch.Tensor, last_only: bool, products: bool = False) -> torch.Tensor:
         if last_only:
             x = x[-1:]
-        if self.kernels == "triton":
-            return F.linear(decode_kernels.rms_norm(x, self.final_norm, self.eps), self.lm_head)
+        if products and x.shape[0] <= decode_kernels.GEMV_ROWS:
+            return decode_kernels.linear(
+                x, (self.lm_head, None), norm=self.final_norm, eps=self.eps, pdl=self.pdl
+            )
+        if self.kernels != "torch":
+            norm = decode_kernels.rms_norm(x, self.final_norm, self.eps, self.pdl)
+            return F.linear(norm, self.lm_head)
         return F.linear(F.rms_norm(x, (self.hidden,), self.final_norm, self.eps), self.lm_head)
 
     def _mirror(self) -> None:
@@ -639,19 +705,20 @@ class GraphDecoder:
 
     # -- the draft's programs --------------------------------------------------------------
 
-    def _burst_program(self, k: int, sampled: bool) -> _Program:
+    def _burst_program(self, k: int, sampled: bool, products: bool | None = None) -> _Program:
         """k draft tokens in one program: `last2` then each new token, chosen on the device."""
         if len(self.devices) != 1:
             raise ValueError("a draft must sit on one device to propose through graphs")
         stage = self.stages[0]
         base = self.length[stage.device]
+        products = bool(self.burst_products) if products is None else products
 
         def run() -> None:
             tokens = self.last2.clamp(max=self.embed_rows - 1)
             for i in range(k):
                 x = F.embedding(tokens, self.embed)
-                x = self._stage_forward(stage, x, base, 0 if i == 0 else i + 1)
-                logits = self._head(x, last_only=True)
+                x = self._stage_forward(stage, x, base, 0 if i == 0 else i + 1, products)
+                logits = self._head(x, last_only=True, products=products)
                 token, probs = self._choose(logits[0], sampled)
                 self.draft_out[i : i + 1].copy_(token.view(1))
                 if probs is not None:
@@ -660,6 +727,36 @@ class GraphDecoder:
                 tokens = token.view(1).clamp(max=self.embed_rows - 1)
 
         return _Program([_Piece(stage.device, run)])
+
+    def _choose_burst_products(self) -> None:
+        """Triton products or cuBLAS for the bursts, by timing a two-token burst both ways
+        on this GPU: a small draft is launch-bound and gains from fewer, fused kernels; a
+        large one reads its weights faster through cuBLAS. Off CUDA: as the kernels say."""
+        if not (self.gemv and self.capture):
+            self.burst_products = self.gemv
+            return
+        k = min(2, self.k_cap)
+        device = self.stages[0].device
+        for products in (True, False):
+            program = self._burst_program(k, False, products)
+            program.capture({})  # a pool of its own, freed with the program
+            times = []
+            with torch.cuda.device(device):
+                for _ in range(BURST_TRIALS):
+                    start, end = (
+                        torch.cuda.Event(enable_timing=True),
+                        torch.cuda.Event(enable_timing=True),
+                    )
+                    start.record()
+                    program.run()
+                    end.record()
+                    end.synchronize()
+                    times.append(start.elapsed_time(end))
+            name = "triton" if products else "cublas"
+            self.burst_products_ms[name] = float(np.median(times[2:]))
+            del program
+        ms = self.burst_products_ms
+        self.burst_products = ms["triton"] < ms["cublas"]
 
     def _commit_program(self) -> _Program:
         """After a verification: the committed tail becomes `last2`, the base moves on."""
