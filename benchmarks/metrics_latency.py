@@ -1,6 +1,7 @@
 """How long `/metrics` takes to answer with 8 (simulated) GPUs and a live run.
 
-    python3 -m benchmarks.metrics_latency [--simulate cuda:8] [--scrapes 2000] [--json]
+    python3 -m benchmarks.metrics_latency [--simulate cuda:8] [--scrapes 2000] [--interval 0.05]
+                                          [--json]
 
 A real run of the bundled demo pair decodes on this machine's CPU (target on sim-cuda:0, draft
 on sim-cuda:1, split mode: two daemons; the simulated GPUs run their work on the host) for as
@@ -10,11 +11,15 @@ scraped while it goes on, one after the other:
 1. in-run: `specdeck run --metrics-port`'s server (`app.exporter.RunMetricsServer`), in the
    process that runs the run, fed from the run's events;
 2. exporter: `specdeck exporter` in a process of its own, following the run through its watch
-   endpoint, with its own sampler over the same simulated devices and the CPU.
+   endpoint, with its own sampler over the same simulated devices and the CPU;
+3. render: no HTTP, the in-run registry collected and formatted in this process — the work a
+   scrape asks of the server, apart from the network and the wait for a CPU.
 
 Each scrape is a fresh HTTP GET with urllib (connect, request, the whole body read), timed on
-the monotonic clock; the median, p99 and max of `--scrapes` of them are reported, with the
-body's size and series count. The run is checked to be live before and after each series.
+the monotonic clock, `--interval` apart (back to back, the scraping loop itself would take a
+core from the run it measures beside). Reported: the median, p99 and max of `--scrapes` of
+them, the body's size and series count, and the run's steps meanwhile. The run is checked to
+be live before and after each series.
 """
 
 from __future__ import annotations
@@ -31,10 +36,20 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_MS = 10.0
+
+
+def render_once(registry: object) -> tuple[float, bytes]:
+    """Seconds to collect and format the page in-process (what a scrape makes the server do)."""
+    from prometheus_client import generate_latest
+
+    started = time.perf_counter()
+    body = generate_latest(registry)
+    return time.perf_counter() - started, body
 
 
 def scrape_once(url: str) -> tuple[float, bytes]:
@@ -45,14 +60,16 @@ def scrape_once(url: str) -> tuple[float, bytes]:
     return time.perf_counter() - started, body
 
 
-def measure(url: str, scrapes: int) -> dict:
-    """`scrapes` timed scrapes after a few untimed ones (the first connection's set-up)."""
+def measure(scrape: Callable[[], tuple[float, bytes]], scrapes: int, interval_s: float) -> dict:
+    """`scrapes` timed scrapes, `interval_s` apart, after a few untimed ones (the first
+    connection's set-up)."""
     for _ in range(20):
-        scrape_once(url)
+        scrape()
     times, body = [], b""
     for _ in range(scrapes):
-        seconds, body = scrape_once(url)
+        seconds, body = scrape()
         times.append(seconds * 1000)
+        time.sleep(interval_s)
     times.sort()
     lines = [line for line in body.decode().splitlines() if line and not line.startswith("#")]
     return {
@@ -132,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--simulate", default="cuda:8")
     parser.add_argument("--scrapes", type=int, default=2000)
+    parser.add_argument(
+        "--interval", type=float, default=0.05, help="seconds between scrapes (default: 0.05)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -160,10 +180,16 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     try:
         wait_for(lambda: in_run.run.figures().steps > 0, "the run's first step")
-        for name, url in (("in-run", in_run.server.url), ("exporter", exporter_url)):
+        registry = in_run.exporter.registry
+        series = (
+            ("in-run", in_run.server.url, lambda: scrape_once(in_run.server.url)),
+            ("exporter", exporter_url, lambda: scrape_once(exporter_url)),
+            ("render", in_run.server.url, lambda: render_once(registry)),
+        )
+        for name, url, scrape in series:
             wait_for(lambda url=url: run_is_live(url, handle.run_id), f"the run on {name}")
             steps_before = in_run.run.figures().steps
-            results[name] = measure(url, args.scrapes)
+            results[name] = measure(scrape, args.scrapes, args.interval)
             results[name]["run_steps_meanwhile"] = in_run.run.figures().steps - steps_before
             if not run_is_live(url, handle.run_id):
                 raise SystemExit(f"metrics_latency: the run ended during the {name} series")
@@ -180,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "simulate": args.simulate,
         "devices": len(inventory.devices),
         "run": {"id": handle.run_id, "model": run.target_name, "mode": run.mode, "steps": steps},
+        "interval_s": args.interval,
         "goal_ms": GOAL_MS,
         "results": results,
     }
@@ -188,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"{document['devices']} devices ({args.simulate} + the CPU), a live split run of "
-            f"{run.target_name} ({steps} steps by the end); {args.scrapes} scrapes each"
+            f"{run.target_name} ({steps} steps by the end); {args.scrapes} scrapes each, "
+            f"{args.interval * 1000:.0f} ms apart"
         )
         for name, r in results.items():
             verdict = "under" if r["p99_ms"] < GOAL_MS else "OVER"

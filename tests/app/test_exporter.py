@@ -88,6 +88,23 @@ def busy_port() -> socket.socket:
     return sock
 
 
+PROMPT = "def add(a, b):\n    return"
+
+
+def tiny_spec(tiny_pair, target: str, draft: str, mode: str, **options) -> RunSpec:
+    """A run of the tiny pair on these devices (simulated GPUs run on the CPU)."""
+    return RunSpec(
+        target_model=str(tiny_pair[0]),
+        draft_model=str(tiny_pair[1]),
+        target=(target,),
+        draft=draft,
+        mode=mode,
+        prompts=(PROMPT,),
+        warmup_tokens=0,
+        **options,
+    )
+
+
 # -- devices -------------------------------------------------------------------------------
 
 
@@ -201,17 +218,7 @@ def served_run(tiny_pair, tmp_path_factory):
     serves it: scraped once at its first step (live) and once after its end."""
     data = tmp_path_factory.mktemp("served-run")
     inventory = discover("cuda:2")
-    spec = RunSpec(
-        target_model=str(tiny_pair[0]),
-        draft_model=str(tiny_pair[1]),
-        target=("sim-cuda:0",),
-        draft="sim-cuda:1",
-        mode="split",
-        k=4,
-        prompts=("def add(a, b):\n    return",),
-        max_new_tokens=40,
-        warmup_tokens=0,
-    )
+    spec = tiny_spec(tiny_pair, "sim-cuda:0", "sim-cuda:1", "split", k=4, max_new_tokens=40)
     checked = check_run(spec, inventory)
     metrics = RunMetricsServer(inventory, 0)
     live, steps = {}, []
@@ -240,6 +247,7 @@ def served_run(tiny_pair, tmp_path_factory):
     return {"live": live, "ended": ended, "result": result, "steps": steps, "data": data}
 
 
+@pytest.mark.slow
 def test_a_live_run_puts_its_roles_on_its_devices_and_its_phase_on_decode(served_run):
     live, result = served_run["live"], served_run["result"]
     roles = {s.labels["device"]: s.labels["role"] for s in samples(live, "specdeck_device_info")}
@@ -252,6 +260,7 @@ def test_a_live_run_puts_its_roles_on_its_devices_and_its_phase_on_decode(served
     assert samples(live, "specdeck_device_utilization_ratio", device="sim-cuda:0")
 
 
+@pytest.mark.slow
 def test_an_ended_run_exports_the_figures_of_its_record(served_run):
     ended, result, steps = served_run["ended"], served_run["result"], served_run["steps"]
     labels = {
@@ -377,16 +386,7 @@ def test_the_dashboards_run_is_exported_from_launch_to_end(tiny_pair, tmp_path):
                 launched.append(item.run_id)
             live.apply(item)
 
-    target, draft = tiny_pair
-    spec = RunSpec(
-        target_model=str(target),
-        draft_model=str(draft),
-        target=("cpu",),
-        draft="cpu",
-        mode="inprocess",
-        prompts=("def add(a, b):\n    return",),
-        max_new_tokens=24,
-    )
+    spec = tiny_spec(tiny_pair, "cpu", "cpu", "inprocess", max_new_tokens=24)
     try:
         assert live.launch(spec, inventory)
         follow(lambda: live.acceptance.history, "the first step")
@@ -453,17 +453,9 @@ def test_the_exporter_command_serves_the_devices_and_a_run_another_process_start
         assert len(samples(families, "specdeck_device_info")) == 9  # 8 GPUs and the CPU
 
         inventory = discover("cuda:8")
-        run = RunSpec(
-            target_model=str(tiny_pair[0]),
-            draft_model=str(tiny_pair[1]),
-            target=("sim-cuda:3",),
-            draft="sim-cuda:5",
-            mode="split",
-            k=3,
-            prompts=("def add(a, b):\n    return",),
-            max_new_tokens=16,
-            duration="10m",  # a workload that goes on until it is stopped
-            warmup_tokens=0,
+        # a workload that goes on until it is stopped
+        run = tiny_spec(
+            tiny_pair, "sim-cuda:3", "sim-cuda:5", "split", k=3, max_new_tokens=16, duration="10m"
         )
         handle = start_run(check_run(run, inventory), inventory=inventory)
         labels = {"run_id": handle.run_id, "placement": "target=sim-cuda:3 draft=sim-cuda:5"}
@@ -550,6 +542,7 @@ def test_the_exporter_loads_neither_torch_nor_textual():
 # -- the example Grafana dashboard -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_series_the_grafana_dashboard_queries_is_one_the_exporter_serves(served_run):
     dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
     exported = {s.name for f in served_run["ended"].values() for s in f.samples}
