@@ -597,3 +597,21 @@ def test_specdeck_run_metrics_port_serves_its_run_until_it_ends(tiny_pair):
         status = process.wait(60)
     assert status == 128 + signal.SIGTERM
     assert scrape_or_none(url) is None  # the process is gone, and its server with it
+
+
+def test_the_dashboard_serves_its_devices_when_asked_and_stops_with_the_app():
+    from app.cli import build_parser
+    from app.commands.dashboard import build_app
+
+    args = build_parser().parse_args(["--simulate", "cuda:2", "--metrics-port", "0"])
+    app = build_app(args)
+    try:
+        url = app.metrics.server.url
+        app.sampler.poll()  # the app's own sampler: its thread starts with the first frame
+        families = scrape(url)
+        assert value(families, "specdeck_device_info", device="sim-cuda:1", role="none") == 1
+        assert samples(families, "specdeck_device_memory_total_bytes", device="sim-cuda:0")
+    finally:
+        app.metrics.close()
+        app.inventory.close()
+    assert scrape_or_none(url) is None
