@@ -1,7 +1,8 @@
 """`specdeck exporter`: Prometheus `/metrics` of this machine's devices and of every live run.
 
-Devices are read by a sampler of their own; runs are found in the run directories and read
-through their watch endpoints (`ipc.watch`), so any run on this host shows, whoever started it.
+Devices (every node's with `--cluster`) are read by a sampler of their own; runs are found in
+the run directories and read through their watch endpoints (`ipc.watch`), so any run started
+on this host shows, whoever started it.
 Never imports torch or Textual.
 """
 
@@ -19,10 +20,10 @@ def main(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM."""
     from app.config import data_dir
     from app.exporter import MetricsExporter, WatchedRuns
-    from backends.discovery import discover
+    from app.inventory import open_inventory
     from backends.sampler import DeviceSampler
 
-    inventory = discover(args.simulate)
+    inventory = open_inventory(args)  # with --cluster, every node's devices
     sampler = DeviceSampler(inventory, interval_s=SAMPLE_S, history=1)
     exporter = MetricsExporter(sampler)
     watched = WatchedRuns(exporter, data_dir())
