@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ipc.records import load_run, placement_text, read_device_rows
+from ipc.records import load_run, placement_text, read_device_rows, read_steps
 
 PHASES = ("load", "prefill", "decode", "idle")  # devices.csv's phase column
 POINTS = 150  # at most this many points a line (a long run's steps are averaged in groups)
@@ -74,47 +75,49 @@ def device_ids(plots: Sequence[RunPlot]) -> list[str]:
     return list(seen)
 
 
-def _segments(steps: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
-    """Steps cut where one decoding ends and another begins (a workload's next prompt):
-    where the step index does not grow."""
-    segments: list[list[Mapping[str, Any]]] = []
-    for step in steps:
-        if not segments or step.get("index", 0) <= segments[-1][-1].get("index", 0):
-            segments.append([])
-        segments[-1].append(step)
-    return segments
+def _group_size(count: int, points: int) -> int:
+    """How many consecutive items one point stands for, so that at most `points` are drawn."""
+    return max(1, math.ceil(count / max(1, points)))
 
 
-def step_series(steps: Sequence[Mapping[str, Any]], points: int = POINTS) -> tuple[Series, Series]:
+def step_series(steps: Iterable[Mapping[str, Any]], points: int = POINTS) -> tuple[Series, Series]:
     """(decode tokens/s, acceptance length) over time, in at most `points` points.
 
     A point stands for a group of consecutive steps: tokens/s is the tokens they committed
     over the wall time between each and the step before it (a decoding's first step has no
-    step before it and counts in neither), acceptance length is their committed tokens per step.
+    step before it and counts in neither: a workload's next prompt starts its step index
+    again), acceptance length is their committed tokens per step. The steps are read once,
+    into flat arrays, so a long run's record is never held as objects.
     """
-    timed: list[tuple[float, int, float | None]] = []  # (time, committed, seconds since last)
-    for segment in _segments(steps):
-        previous = None
-        for step in segment:
-            t = float(step["time_s"])
-            timed.append((t, int(step["committed"]), None if previous is None else t - previous))
-            previous = t
-    group = max(1, math.ceil(len(timed) / max(1, points)))
-    times, rates, lengths = [], [], []
-    for start in range(0, len(timed), group):
-        chunk = timed[start : start + group]
-        paced = [(c, dt) for _, c, dt in chunk if dt is not None and dt > 0]
-        seconds = sum(dt for _, dt in paced)
-        times.append(chunk[-1][0])
+    times, committed, gaps = array("d"), array("q"), array("d")  # gap: seconds since the last
+    last_index, last_time = None, 0.0
+    for step in steps:
+        t, index = float(step["time_s"]), int(step.get("index", 0))
+        times.append(t)
+        committed.append(int(step["committed"]))
+        gaps.append(math.nan if last_index is None or index <= last_index else t - last_time)
+        last_index, last_time = index, t
+    group = _group_size(len(times), points)
+    at, rates, lengths = [], [], []
+    for start in range(0, len(times), group):
+        end = min(start + group, len(times))
+        paced = [(committed[i], gaps[i]) for i in range(start, end) if gaps[i] > 0]  # nan: no
+        seconds = sum(gap for _, gap in paced)
+        at.append(times[end - 1])
         rates.append(sum(c for c, _ in paced) / seconds if seconds > 0 else None)
-        lengths.append(sum(c for _, c, _ in chunk) / len(chunk))
-    return Series(tuple(times), tuple(rates)), Series(tuple(times), tuple(lengths))
+        lengths.append(sum(committed[start:end]) / (end - start))
+    return Series(tuple(at), tuple(rates)), Series(tuple(at), tuple(lengths))
 
 
-def phase_spans(rows: Sequence[Mapping[str, Any]], t0: float) -> tuple[PhaseSpan, ...]:
-    """Where the phase stamped on the device samples stayed the same, on the run's clock."""
+def device_series(
+    rows: Iterable[Mapping[str, Any]], t0: float, points: int = POINTS
+) -> tuple[tuple[PhaseSpan, ...], tuple[tuple[str, Series], ...]]:
+    """(phases, each device's utilization %) from device samples in the order they were
+    written, on the run's clock (`t0`: the record's origin); a phase lasts until the next
+    begins, and utilization is averaged down to at most `points` points a device."""
     spans: list[PhaseSpan] = []
-    for row in sorted(rows, key=lambda r: r["time"]):
+    traces: dict[str, tuple[array, array]] = {}  # device id -> (times, values; nan: none)
+    for row in rows:
         t = row["time"] - t0
         if spans and spans[-1].phase == row["phase"]:
             spans[-1] = PhaseSpan(row["phase"], spans[-1].start_s, t)
@@ -122,7 +125,20 @@ def phase_spans(rows: Sequence[Mapping[str, Any]], t0: float) -> tuple[PhaseSpan
             if spans:  # the previous phase lasted until this one began
                 spans[-1] = PhaseSpan(spans[-1].phase, spans[-1].start_s, t)
             spans.append(PhaseSpan(row["phase"], t, t))
-    return tuple(spans)
+        times, values = traces.setdefault(row["device_id"], (array("d"), array("d")))
+        times.append(t)
+        value = row["utilization_percent"]
+        values.append(math.nan if value is None else value)
+    utilization = []
+    for device_id, (times, values) in traces.items():
+        group = _group_size(len(times), points)
+        at, means = [], []
+        for start in range(0, len(times), group):
+            known = [v for v in values[start : start + group] if not math.isnan(v)]
+            at.append(times[min(start + group, len(times)) - 1])
+            means.append(sum(known) / len(known) if known else None)
+        utilization.append((device_id, Series(tuple(at), tuple(means))))
+    return tuple(spans), tuple(utilization)
 
 
 def phase_line(spans: Sequence[PhaseSpan]) -> Series:
@@ -136,28 +152,6 @@ def phase_line(spans: Sequence[PhaseSpan]) -> Series:
     return Series(tuple(times), tuple(values))
 
 
-def utilization_series(
-    rows: Sequence[Mapping[str, Any]], t0: float, points: int = POINTS
-) -> tuple[tuple[str, Series], ...]:
-    """Each device's utilization % on the run's clock, averaged down to at most `points`."""
-    by_device: dict[str, list[tuple[float, float | None]]] = {}
-    for row in sorted(rows, key=lambda r: r["time"]):
-        by_device.setdefault(row["device_id"], []).append(
-            (row["time"] - t0, row["utilization_percent"])
-        )
-    out = []
-    for device_id, samples in by_device.items():
-        group = max(1, math.ceil(len(samples) / max(1, points)))
-        times, values = [], []
-        for start in range(0, len(samples), group):
-            chunk = samples[start : start + group]
-            known = [v for _, v in chunk if v is not None]
-            times.append(chunk[-1][0])
-            values.append(sum(known) / len(known) if known else None)
-        out.append((device_id, Series(tuple(times), tuple(values))))
-    return tuple(out)
-
-
 def record_origin(run: Mapping[str, Any]) -> float:
     """The unix time the record was opened: `started_unix`, else `started` (to the second)."""
     if isinstance(run.get("started_unix"), int | float):
@@ -166,16 +160,18 @@ def record_origin(run: Mapping[str, Any]) -> float:
 
 
 def run_plot(
-    run: Mapping[str, Any], device_rows: Sequence[Mapping[str, Any]], points: int = POINTS
+    run: Mapping[str, Any],
+    steps: Iterable[Mapping[str, Any]],
+    device_rows: Iterable[Mapping[str, Any]],
+    points: int = POINTS,
 ) -> RunPlot:
-    """The plots of one run from its record (`load_run`'s document and its device rows)."""
-    steps = run.get("steps") or []
-    if not steps:
+    """The plots of one run from its record: run.json, its steps and its device samples."""
+    throughput, acceptance = step_series(steps, points)
+    if not acceptance.times:
         raise NothingToPlot(
             f"no steps to plot in run {run['run_id']} (status {run.get('status', '?')})"
         )
-    throughput, acceptance = step_series(steps, points)
-    t0 = record_origin(run)
+    phases, utilization = device_series(device_rows, record_origin(run), points)
     summary = run.get("summary") or {}
     return RunPlot(
         run_id=run["run_id"],
@@ -183,17 +179,18 @@ def run_plot(
         f"{placement_text(run.get('placement', {}))} ({run.get('mode', '?')})",
         throughput=throughput,
         acceptance=acceptance,
-        phases=phase_spans(device_rows, t0),
-        utilization=utilization_series(device_rows, t0, points),
+        phases=phases,
+        utilization=utilization,
         mean_acceptance_length=summary.get("mean_acceptance_length"),
         decode_tokens_per_s=summary.get("decode_tokens_per_s"),
     )
 
 
 def load_plot(data_dir: str | os.PathLike, run_id: str, points: int = POINTS) -> RunPlot:
-    """The plots of a recorded run (a unique prefix of its id is enough).
+    """The plots of a recorded run (a unique prefix of its id is enough), its files read once.
 
     Raises `ipc.records.RunNotFound` or `NothingToPlot`, each one line for the user.
     """
-    run = load_run(data_dir, run_id)
-    return run_plot(run, read_device_rows(run["folder"]), points)
+    run = load_run(data_dir, run_id, steps=False)
+    folder = run["folder"]
+    return run_plot(run, read_steps(folder), read_device_rows(folder), points)

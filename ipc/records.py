@@ -439,14 +439,16 @@ def find_run(data_dir: str | os.PathLike, run_id: str) -> Path:
     return matches[0]
 
 
-def load_run(data_dir: str | os.PathLike, run_id: str) -> dict:
-    """run.json of one run (unique prefix ok), with `steps` read from steps.jsonl and
-    `prompts` (a workload's rows) from prompts.jsonl."""
+def load_run(data_dir: str | os.PathLike, run_id: str, *, steps: bool = True) -> dict:
+    """run.json of one run (unique prefix ok), with `steps` read from steps.jsonl (unless
+    `steps` is False: a long run's are read one at a time with `read_steps`) and `prompts`
+    (a workload's rows) from prompts.jsonl."""
     folder = find_run(data_dir, run_id)
     run = _read_run(folder)
     if run is None:
         raise RunNotFound(f"run record {folder} has no readable run.json")
-    run["steps"] = list(read_lines(folder / "steps.jsonl"))
+    if steps:
+        run["steps"] = list(read_steps(folder))
     run["prompts"] = list(read_prompt_rows(folder))
     run["folder"] = str(folder)
     return run
@@ -466,6 +468,11 @@ def read_lines(path: Path) -> Iterator[dict]:
         return
 
 
+def read_steps(folder: str | os.PathLike) -> Iterator[dict]:
+    """A record's step lines (steps.jsonl), one at a time."""
+    return read_lines(Path(folder) / "steps.jsonl")
+
+
 def read_prompt_rows(folder: str | os.PathLike) -> Iterator[dict]:
     """A workload's prompt rows (prompts.jsonl), in the order the prompts finished."""
     return read_lines(Path(folder) / PROMPTS_FILE)
@@ -474,20 +481,20 @@ def read_prompt_rows(folder: str | os.PathLike) -> Iterator[dict]:
 _NUMERIC_COLUMNS = tuple(c for c in DEVICE_COLUMNS if c not in ("device_id", "phase"))
 
 
-def read_device_rows(folder: str | os.PathLike) -> list[dict]:
-    """devices.csv of a record: one dict a sample, numbers as floats, an empty cell as None;
-    a row cut short by a crash ends them."""
-    rows = []
+def read_device_rows(folder: str | os.PathLike) -> Iterator[dict]:
+    """devices.csv of a record, one sample at a time (numbers as floats, an empty cell as
+    None); a row cut short by a crash ends them."""
     try:
         with (Path(folder) / "devices.csv").open(encoding="utf-8", newline="") as fh:
             for row in csv.DictReader(fh):
                 if None in row.values() or not row.get("device_id"):
-                    break
+                    return
                 try:
                     values = {c: float(row[c]) if row[c] else None for c in _NUMERIC_COLUMNS}
                 except ValueError:
-                    break
-                rows.append({**values, "device_id": row["device_id"], "phase": row["phase"]})
+                    return
+                if values["time"] is None:
+                    return
+                yield {**values, "device_id": row["device_id"], "phase": row["phase"]}
     except FileNotFoundError:
-        pass
-    return [r for r in rows if r["time"] is not None]
+        return

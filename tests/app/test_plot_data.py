@@ -10,9 +10,9 @@ from app.config import data_dir
 from app.plot_data import (
     NothingToPlot,
     PhaseSpan,
+    device_series,
     load_plot,
     phase_line,
-    phase_spans,
     step_series,
 )
 from backends.base import Sample
@@ -48,17 +48,18 @@ def test_a_new_prompt_s_first_step_does_not_count_the_gap_before_it():
 
 def test_phases_last_until_the_next_begins():
     rows = [
-        {"time": 100.0 + t, "device_id": d, "phase": p}
+        {"time": 100.0 + t, "device_id": d, "phase": p, "utilization_percent": None}
         for t, p in ((0, "load"), (1, "load"), (2, "prefill"), (3, "decode"), (5, "idle"))
         for d in ("cpu", "sim-cuda:0")
     ]
-    assert phase_spans(rows, 100.0) == (
+    phases, _ = device_series(rows, 100.0)
+    assert phases == (
         PhaseSpan("load", 0.0, 2.0),
         PhaseSpan("prefill", 2.0, 3.0),
         PhaseSpan("decode", 3.0, 5.0),
         PhaseSpan("idle", 5.0, 5.0),
     )
-    line = phase_line(phase_spans(rows, 100.0))
+    line = phase_line(phases)
     assert line.values[:4] == (0.0, 0.0, 1.0, 1.0)  # load, then prefill: PHASES' order
 
 
@@ -77,7 +78,7 @@ def test_a_record_s_samples_and_steps_share_one_clock():
         recorder.step(StepRecord(0 if phase == "load" else 1, 4, 3, 4, 0.01, 0.02), 4.0)
     recorder.finish({"mean_acceptance_length": 4.0})
 
-    rows = read_device_rows(recorder.folder)
+    rows = list(read_device_rows(recorder.folder))
     assert [r["utilization_percent"] for r in rows] == [10.0, 80.0, None]  # empty cell: None
     plot = load_plot(data_dir(), recorder.run_id)
     assert plot.title == "t <- d, sim-cuda:0 <- sim-cuda:1 (split)"
@@ -100,3 +101,27 @@ def test_a_run_without_steps_has_nothing_to_plot():
     recorder.fail("the draft daemon died")
     with pytest.raises(NothingToPlot, match=f"no steps to plot in run {recorder.run_id}"):
         load_plot(data_dir(), recorder.run_id)
+
+
+def test_a_long_run_is_plotted_without_holding_its_steps():
+    import tracemalloc
+
+    recorder = RunRecorder(
+        data_dir(),
+        target_model="t",
+        draft_model="d",
+        placement={"target": ["cpu"], "draft": "cpu"},
+        mode="inprocess",
+        options={},
+    )
+    for i in range(20_000):
+        recorder.step(StepRecord(i, 5, 3, 4, 0.001, 0.002, k=5), 4.0)
+    recorder.finish({})
+    tracemalloc.start()
+    try:
+        plot = load_plot(data_dir(), recorder.run_id)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(plot.acceptance.times) == 150 and plot.acceptance.values[0] == 4.0
+    assert peak < 4 * 2**20  # the steps as objects would take about 20 MB

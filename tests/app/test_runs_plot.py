@@ -149,3 +149,12 @@ async def test_the_runs_view_plots_the_run_under_the_cursor_and_overlays_two_mar
         await pilot.press("space", "up", "space")
         await wait_for(pilot, lambda: plots.shown == (older, newest), "two runs overlaid")
         assert f"A {older} vs B {newest}" in str(plots.border_subtitle)
+
+
+def test_the_command_line_loads_matplotlib_and_textual_serve_only_for_their_commands():
+    code = (
+        "import sys, app.cli, app.commands.runs, app.commands.serve, app.plot_data; "
+        "print(*(m in sys.modules for m in ('matplotlib', 'textual_serve', 'textual_plotext')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "False"]
