@@ -108,17 +108,24 @@ def tiny_spec(tiny_pair, target: str, draft: str, mode: str, **options) -> RunSp
 # -- devices -------------------------------------------------------------------------------
 
 
-def test_eight_simulated_gpus_export_every_reading_and_the_cpu_leaves_out_what_it_lacks():
-    inventory = discover("cuda:8")
+def scrape_devices(simulate: str, *, read: bool) -> dict:
+    """One scrape of an exporter of these simulated devices and the CPU, each read once
+    (`read`) or not yet."""
+    inventory = discover(simulate)
     sampler = DeviceSampler(inventory, interval_s=60)
-    sampler.poll()
+    if read:
+        sampler.poll()
     exporter = MetricsExporter(sampler)
     server = exporter.serve("127.0.0.1", 0)
     try:
-        families = scrape(server.url)
+        return scrape(server.url)
     finally:
         exporter.close()
         inventory.close()
+
+
+def test_eight_simulated_gpus_export_every_reading_and_the_cpu_leaves_out_what_it_lacks():
+    families = scrape_devices("cuda:8", read=True)
     info = samples(families, "specdeck_device_info")
     assert {s.labels["device"] for s in info} == {"cpu", *(f"sim-cuda:{i}" for i in range(8))}
     for name in DEVICE_GAUGES:
@@ -149,14 +156,7 @@ def test_eight_simulated_gpus_export_every_reading_and_the_cpu_leaves_out_what_i
 
 
 def test_a_device_not_read_yet_only_says_it_is_there():
-    inventory = discover("hip:1")
-    exporter = MetricsExporter(DeviceSampler(inventory, interval_s=60))
-    server = exporter.serve("127.0.0.1", 0)
-    try:
-        families = scrape(server.url)
-    finally:
-        exporter.close()
-        inventory.close()
+    families = scrape_devices("hip:1", read=False)
     assert value(families, "specdeck_device_info", device="sim-hip:0", backend="hip") == 1
     for name in DEVICE_GAUGES:
         assert samples(families, name, device="sim-hip:0") == []
