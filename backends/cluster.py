@@ -102,14 +102,19 @@ def join(address: str) -> Any:
     if problem:
         raise ClusterUnavailable(f"cannot join the Ray cluster: {problem}") from None
     ray = import_ray()
-    try:
-        ray.init(
-            address=address,
-            namespace=NAMESPACE,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+    try:  # Ray wants real files to write to: the dashboard's sys.stdout is Textual's capture
+        with (
+            open(os.devnull, "w") as null,
+            contextlib.redirect_stdout(null),
+            contextlib.redirect_stderr(null),
+        ):
+            ray.init(
+                address=address,
+                namespace=NAMESPACE,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                configure_logging=False,
+            )
     except Exception as exc:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ClusterUnavailable(f"cannot join the Ray cluster at {address}: {reason}") from None
@@ -320,12 +325,6 @@ class ClusterBackend(Backend):
         with self._lock:
             return self._devices[device.id][0]
 
-    def local_id(self, device: Device) -> Device:
-        """The device as its own node knows it (`cuda:0`, not `HOST/cuda:0`)."""
-        with self._lock:
-            node_id = self._devices[device.id][0]
-            return replace(device, id=device.id.split("/", 1)[1], host=None) if node_id else device
-
     def set_phase(self, phase: str) -> None:
         """Every node's simulated devices follow the run's phase."""
         with self._lock:
@@ -338,6 +337,26 @@ class ClusterBackend(Backend):
             if self._ray is not None:
                 for node_id in list(self._nodes):
                     self._forget(node_id)
+
+
+def start_local_cluster(head: str = "cuda:2", second: str = "cuda:1") -> tuple[Any, Any]:
+    """A two-node Ray cluster on this machine, for tests, benchmarks and demos: the head told
+    to simulate `head` by its node label, the second node `second` by its environment.
+    (the Cluster, the second node); `Cluster.shutdown()` ends it."""
+    import_ray()  # the amdsmi guard first: the nodes' processes inherit it
+    from ray.cluster_utils import Cluster
+
+    nodes = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": False,
+            "labels": {SIMULATE_LABEL: head},
+        },
+    )
+    other = nodes.add_node(num_cpus=2, env_vars={SIMULATE_ENV: second})
+    nodes.wait_for_nodes()
+    return nodes, other
 
 
 def ray_command(argv: list[str]) -> int:

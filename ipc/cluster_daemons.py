@@ -81,17 +81,14 @@ class DaemonHost:
         if self.popen is not None and self.popen.poll() is None:
             getattr(self.popen, how)()
 
-    def log(self) -> str:
-        """The daemon's output so far."""
-        if self.log_path is None:
-            return ""
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-
-    def __del__(self) -> None:
-        shutil.rmtree(getattr(self, "run_dir", ""), ignore_errors=True)
+    def finish(self) -> str:
+        """The daemon's output, once it has ended; this node's run dir goes with it."""
+        text = ""
+        if self.log_path is not None:
+            with contextlib.suppress(OSError):
+                text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        return text
 
 
 def for_this_node(launch: DaemonLaunch, run_dir: Path, home_python: str) -> DaemonLaunch:
@@ -202,7 +199,7 @@ class RemoteProcess:
             text = f"[specdeck] host {self.host} left the cluster; the daemon's log there is lost\n"
         else:
             try:
-                there = self._ray.get(self._actor.log.remote(), timeout=10)
+                there = self._ray.get(self._actor.finish.remote(), timeout=10)
                 text = f"[specdeck] the daemon's log on {self.host} (pid {self.pid}):\n{there}"
             except Exception as exc:
                 text = f"[specdeck] the daemon's log on {self.host} could not be fetched: {exc}\n"
