@@ -208,6 +208,8 @@ class ClusterBackend(Backend):
         self._samples: dict[str, Sample] = {}
         self._refreshed = 0.0
         self._lock = threading.RLock()
+        self._early: threading.Thread | None = None
+        self._failure: BackendUnavailable | None = None
         self.unavailable: tuple[tuple[str, str], ...] = ()
 
     # -- the nodes -----------------------------------------------------------------------
@@ -286,15 +288,30 @@ class ClusterBackend(Backend):
 
     # -- Backend -------------------------------------------------------------------------
 
-    def discover(self) -> list[Device]:
-        """Every live node's devices, by node, in each node's own order."""
+    def start_early(self) -> None:
+        """Begin joining and discovering now, on a thread of its own (the dashboard: while its
+        first frame is drawn); `discover()` takes what it found."""
+        if self._early is None:
+            self._early = threading.Thread(target=self._discover, name="cluster-join", daemon=True)
+            self._early.start()
+
+    def _discover(self) -> None:
         try:
             self._ray = join(self.address)
             self.refresh(wait_s=30.0)  # a probe's first report imports and starts its vendors
         except ClusterUnavailable as exc:
-            raise BackendUnavailable(str(exc)) from None
+            self._failure = BackendUnavailable(str(exc))
         except Exception as exc:
-            raise BackendUnavailable(f"the cluster's nodes cannot be read: {exc}") from None
+            self._failure = BackendUnavailable(f"the cluster's nodes cannot be read: {exc}")
+
+    def discover(self) -> list[Device]:
+        """Every live node's devices, by node, in each node's own order."""
+        if self._early is None:
+            self._discover()
+        else:
+            self._early.join()
+        if self._failure is not None:
+            raise self._failure
         return self.devices()
 
     def devices(self) -> list[Device]:

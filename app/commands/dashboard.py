@@ -34,6 +34,8 @@ def build_app(args: argparse.Namespace, app_class: Any = None) -> Any:
     # with --cluster, every node's devices, found on the sampler's thread too (Ray's import
     # and joining take seconds; docs/cluster.md)
     cluster = cluster_backend(args)
+    if cluster is not None:
+        cluster.start_early()  # joining overlaps the first frame
     inventory = discover(args.simulate, backends=(CpuBackend(),) if cluster is None else ())
     sampler = DeviceSampler(
         inventory,
