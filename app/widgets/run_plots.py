@@ -33,14 +33,16 @@ DEVICE_COLORS = ("chart-utilization", "chart-memory", "chart-acceptance", "foreg
 RUN_MARKERS = ("braille", "hd")  # run B's lines are drawn in blocks, so they differ without colour
 
 
-def panel_heights(rows: int, device_lines: int) -> tuple[int, int, int]:
-    """Rows for the tokens/s, AL and utilization panels under the phases: the utilization
-    panel tall enough for its legend (a line a device, its frame and the time axis's labels),
-    the rest shared."""
-    rest = max(0, rows - PHASE_ROWS)
-    utilization = max(device_lines + 3, rest // 3)
+def panel_heights(rows: int, device_lines: int) -> tuple[int, int, int, int]:
+    """Rows for the phase, tokens/s, AL and utilization panels (0: the panel is left out):
+    the phases while the three others still get 5 rows each, and the utilization panel tall
+    enough for its legend (a line a device, its frame, the time axis's labels) while the
+    others keep 4."""
+    phase = PHASE_ROWS if rows >= PHASE_ROWS + 15 else 0
+    rest = max(0, rows - phase)
+    utilization = max(rest // 3, min(device_lines + 3, rest - 8))
     share = max(3, (rest - utilization) // 2)
-    return share, share, max(3, rest - 2 * share)
+    return phase, share, share, max(3, rest - 2 * share)
 
 
 class RunPlots(PlotextPlot):
@@ -93,21 +95,28 @@ class RunPlots(PlotextPlot):
         names = [f"{letter} {p.run_id}" for letter, p in zip("AB", plots, strict=False)]
         runs = " vs ".join(names) if len(plots) > 1 else plots[0].run_id
         self.border_subtitle = f"x: seconds · {runs}"
-        plt.subplots(4, 1)
-        phase_ax = plt.subplot(1, 1)
-        phase_ax.plotsize(None, PHASE_ROWS)
-        phase_ax.yticks(list(range(len(PHASES))), [name.rjust(LABEL_WIDTH) for name in PHASES])
-        phase_ax.ylim(-0.5, len(PHASES) - 0.5)
+        lines_drawn = sum(len(p.utilization) for p in plots)
+        phase_rows, *heights = panel_heights(self.content_size.height, lines_drawn)
+        first = 2 if phase_rows else 1  # the row of the tokens/s panel
+        plt.subplots(first + 2, 1)
         panels = [  # (axes, what the legend calls a line, the y labels' unit, a run's lines)
-            (plt.subplot(2, 1), "tok/s", "", lambda p: [("", p.throughput)]),
-            (plt.subplot(3, 1), "AL", "", lambda p: [("", p.acceptance)]),
-            (plt.subplot(4, 1), "", "%", lambda p: list(p.utilization)),  # a line a device
+            (plt.subplot(first, 1), "tok/s", "", lambda p: [("", p.throughput)]),
+            (plt.subplot(first + 1, 1), "AL", "", lambda p: [("", p.acceptance)]),
+            (plt.subplot(first + 2, 1), "", "%", lambda p: list(p.utilization)),  # a line a device
         ]
+        phase_ax = None
+        if phase_rows:
+            phase_ax = plt.subplot(1, 1)
+            phase_ax.plotsize(None, phase_rows)
+            ticks = [name.rjust(LABEL_WIDTH) for name in PHASES]
+            phase_ax.yticks(list(range(len(PHASES))), ticks)
+            phase_ax.ylim(-0.5, len(PHASES) - 0.5)
         devices = device_ids(plots)
         for index, plot in enumerate(plots):
             letter = "AB"[index] if len(plots) > 1 else ""
             run_color, marker = self._color(RUN_COLORS[index]), RUN_MARKERS[index]
-            self._line(phase_ax, phase_line(plot.phases), run_color, marker, letter or None)
+            if phase_ax is not None:
+                self._line(phase_ax, phase_line(plot.phases), run_color, marker, letter or None)
             for ax, what, _, lines in panels:
                 for device_id, series in lines(plot):
                     label = " ".join(x for x in (letter, device_id, what) if x)
@@ -117,8 +126,6 @@ class RunPlots(PlotextPlot):
                         color = self._color(DEVICE_COLORS[n])
                     self._line(ax, series, color, marker, label)
         end = max(p.end_s for p in plots) or 1.0
-        lines_drawn = sum(len(p.utilization) for p in plots)
-        heights = panel_heights(self.content_size.height, lines_drawn)
         for (ax, *_), height in zip(panels, heights, strict=True):
             ax.plotsize(None, height)
         for ax, _, unit, lines in panels:
@@ -126,7 +133,7 @@ class RunPlots(PlotextPlot):
             ax.ylim(0, top)
             ticks = [0.0, top / 2, top]  # labels as wide as the phases', so the panels align
             ax.yticks(ticks, [f"{t:.3g}{unit}".rjust(LABEL_WIDTH) for t in ticks])
-        for ax in (phase_ax, *(ax for ax, *_ in panels)):
+        for ax in ([phase_ax] if phase_ax else []) + [ax for ax, *_ in panels]:
             ax.xlim(0, end)
             if ax is not panels[-1][0]:
                 ax.xticks([])  # one time axis, under the last panel

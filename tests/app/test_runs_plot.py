@@ -158,3 +158,13 @@ def test_the_command_line_loads_matplotlib_and_textual_serve_only_for_their_comm
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False", "False"]
+
+
+@pytest.mark.parametrize(("rows", "devices"), [(40, 3), (25, 6), (18, 3), (12, 2)])
+def test_the_terminal_panels_fill_the_pane_and_drop_the_phases_when_short(rows, devices):
+    from app.widgets.run_plots import PHASE_ROWS, panel_heights
+
+    phase, tokens, acceptance, utilization = panel_heights(rows, devices)
+    assert phase + tokens + acceptance + utilization == rows
+    assert phase == (PHASE_ROWS if rows >= PHASE_ROWS + 15 else 0)
+    assert min(tokens, acceptance) >= 4 and utilization >= min(devices + 3, rows - phase - 8)
