@@ -1,6 +1,6 @@
 """Split against in-process on one shared CPU, under thread settings given in the environment.
 
-    python benchmarks/split_cpu_threads.py --n 2 --variant default --variant 'OMP_WAIT_POLICY=PASSIVE'
+    python benchmarks/split_cpu_threads.py --n 2 --variant default --variant OMP_NUM_THREADS=8
 
 Each variant is a list of NAME=VALUE settings (comma-separated) put into the environment of
 `specdeck run` (the daemons inherit it). Prints one JSON document: per variant and mode, the
@@ -44,9 +44,7 @@ def main() -> int:
     figures: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as data:
         for variant in args.variant or ["default"]:
-            settings = dict(
-                item.split("=", 1) for item in variant.split(",") if "=" in item
-            )
+            settings = dict(item.split("=", 1) for item in variant.split(",") if "=" in item)
             env = {**os.environ, "SPECDECK_DATA_DIR": data, "HF_HUB_OFFLINE": "1", **settings}
             rates = {mode: [] for mode in ("inprocess", "split")}
             for _ in range(args.n):  # alternate, so drift hits both modes alike
