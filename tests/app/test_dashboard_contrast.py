@@ -147,17 +147,10 @@ async def _two_runs_plotted(pilot) -> None:
     from app.config import data_dir
     from app.widgets.run_plots import RunPlots
     from backends.base import Sample
-    from ipc.records import RunRecorder
+    from tests.app.recorded import new_record
 
     for k in (3, 5):
-        recorder = RunRecorder(
-            data_dir(),
-            target_model="t",
-            draft_model="d",
-            placement={"target": ["sim-cuda:0"], "draft": "sim-cuda:1"},
-            mode="split",
-            options={"k": k},
-        )
+        recorder = new_record(data_dir(), target="sim-cuda:0", draft="sim-cuda:1", k=k)
         for i, phase in enumerate(("load", "prefill", "decode", "decode", "decode", "idle")):
             for n, device in enumerate(("cpu", "sim-cuda:0", "sim-cuda:1")):
                 sample = Sample(

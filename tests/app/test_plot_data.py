@@ -17,7 +17,8 @@ from app.plot_data import (
 )
 from backends.base import Sample
 from engine.metrics import StepRecord
-from ipc.records import RunRecorder, read_device_rows
+from ipc.records import read_device_rows
+from tests.app.recorded import new_record
 
 
 def steps(*rows: tuple[int, float, int]) -> list[dict]:
@@ -64,14 +65,7 @@ def test_phases_last_until_the_next_begins():
 
 
 def test_a_record_s_samples_and_steps_share_one_clock():
-    recorder = RunRecorder(
-        data_dir(),
-        target_model="t",
-        draft_model="d",
-        placement={"target": ["sim-cuda:0"], "draft": "sim-cuda:1"},
-        mode="split",
-        options={"k": 4},
-    )
+    recorder = new_record(data_dir(), target="sim-cuda:0", draft="sim-cuda:1", k=4)
     for phase, utilization in (("load", 10.0), ("decode", 80.0), ("decode", None)):
         now = time.time()
         recorder.sample(Sample("sim-cuda:0", now, utilization_percent=utilization, phase=phase))
@@ -90,14 +84,7 @@ def test_a_record_s_samples_and_steps_share_one_clock():
 
 
 def test_a_run_without_steps_has_nothing_to_plot():
-    recorder = RunRecorder(
-        data_dir(),
-        target_model="t",
-        draft_model="d",
-        placement={"target": ["cpu"], "draft": "cpu"},
-        mode="inprocess",
-        options={},
-    )
+    recorder = new_record(data_dir())
     recorder.fail("the draft daemon died")
     with pytest.raises(NothingToPlot, match=f"no steps to plot in run {recorder.run_id}"):
         load_plot(data_dir(), recorder.run_id)
@@ -106,14 +93,7 @@ def test_a_run_without_steps_has_nothing_to_plot():
 def test_a_long_run_is_plotted_without_holding_its_steps():
     import tracemalloc
 
-    recorder = RunRecorder(
-        data_dir(),
-        target_model="t",
-        draft_model="d",
-        placement={"target": ["cpu"], "draft": "cpu"},
-        mode="inprocess",
-        options={},
-    )
+    recorder = new_record(data_dir())
     for i in range(20_000):
         recorder.step(StepRecord(i, 5, 3, 4, 0.001, 0.002, k=5), 4.0)
     recorder.finish({})

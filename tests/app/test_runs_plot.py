@@ -110,16 +110,9 @@ def test_bad_plot_requests_are_one_line_and_status_2(records, capsys, argv, mess
 
 
 def test_a_run_that_never_decoded_has_no_plot(records, capsys):
-    from ipc.records import RunRecorder
+    from tests.app.recorded import new_record
 
-    failed = RunRecorder(
-        records[0],
-        target_model="t",
-        draft_model="d",
-        placement={"target": ["cpu"], "draft": "cpu"},
-        mode="inprocess",
-        options={},
-    )
+    failed = new_record(records[0])
     failed.fail("the target daemon died")
     try:
         assert main(["runs", "plot", failed.run_id]) == 2
