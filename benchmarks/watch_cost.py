@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: specdeck's packages beside benchmarks/
 SIMULATE = "cuda:2,hip:1"
 WAIT_S = 900  # a run of the demo pair on a loaded 2-core box, daemons' start included
 

@@ -235,17 +235,20 @@ class CheckedRun:
     def placed(self, role: str) -> PlacedRole:
         """The target or the draft on its Devices: what its daemon's launch is built from.
 
-        In split mode with both daemons on the CPU, each gets half its cores (`PlacedRole.
-        cpu_threads`): they take turns, and a whole-machine pool of each fights the other's.
+        In split mode with both daemons on the CPU (simulated cards run there too), each gets
+        half its cores (`PlacedRole.cpu_threads`): they take turns, and a whole-machine pool of
+        each fights the other's.
         """
         target = role == "target"
         ids = self.placement.target if target else (self.placement.draft,)
         devices = tuple(self.devices_of(ids))
-        on_cpu = [
-            d for d in (*self.devices_of(self.placement.target), self.devices[self.placement.draft])
-            if d.backend == "cpu"
+        on_cpu = [  # a simulated card's work runs on the host's CPU too
+            d
+            for d in (*self.devices_of(self.placement.target), self.devices[self.placement.draft])
+            if d.backend == "cpu" or d.simulated
         ]
-        sharing = self.mode == "split" and len(on_cpu) > 1 and devices[0].backend == "cpu"
+        here = devices[0].backend == "cpu" or devices[0].simulated
+        sharing = self.mode == "split" and len(on_cpu) > 1 and here
         return PlacedRole(
             role,
             self.target_model if target else self.draft_model,

@@ -219,3 +219,17 @@ def test_two_daemons_on_one_cpu_share_its_cores_unless_the_user_set_threads(
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own choice stands
     assert launch_of(split.placed("draft"), site).env["OMP_NUM_THREADS"] == "3"
+
+
+def test_simulated_cards_share_the_cpu_they_run_on(tiny_pair, site, monkeypatch):
+    from backends.discovery import discover
+    from ipc.run_spec import RunSpec, check_run
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    spec = RunSpec(
+        target_model=str(tiny_pair[0]), draft_model=str(tiny_pair[1]),
+        target=("sim-cuda:0",), draft="sim-cuda:1", mode="split",
+    )  # fmt: skip
+    split = check_run(spec, discover("cuda:2"))
+    assert [split.placed(role).cpu_threads for role in ("target", "draft")] == [2, 2]
