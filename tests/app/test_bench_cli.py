@@ -122,5 +122,5 @@ def test_a_suite_prompt_that_overflows_the_context_is_refused_before_loading(tin
     ])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
-    assert err.startswith("specdeck: prompt 1 of 2: the run needs ")
+    assert err.startswith("specdeck: prompt 1 of 2 (HumanEval/0): the run needs ")
     assert "has a context of 1024 tokens" in err
