@@ -135,8 +135,8 @@ class RemoteProcess:
         declare a node dead, and a run must end within 3 s, naming the host. The host has
         gone when neither its actor nor its daemon (`heard`) has said a word for
         HOST_SILENCE_S: one busy moment of either is no death."""
-        while self.returncode is None:
-            asked = time.monotonic()
+        while self.returncode is None and self._ray.is_initialized():  # never after shutdown:
+            asked = time.monotonic()  # an actor call there would start a Ray of its own
             ping = self._actor.where.remote()
             while not self._ray.wait([ping], timeout=HOST_PING_S)[0]:
                 now = time.monotonic()
