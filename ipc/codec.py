@@ -418,6 +418,8 @@ def _decode_arrays(
         elements += math.prod(shape)  # exact: an int64 product of a huge shape wraps to 0
         if elements > MAX_ARRAY_ELEMENTS:
             raise bad(f"array {name!r}: {shape} is more than {MAX_ARRAY_ELEMENTS} elements")
+        if math.prod(n for n in shape if n) > MAX_ARRAY_ELEMENTS:  # numpy refuses such a
+            raise bad(f"array {name!r}: bad shape {shape!r}")  # shape even with a 0 in it
         array_dtype = np.dtype(dtype)
         if math.prod(shape) * array_dtype.itemsize != len(frame):
             raise bad(f"array {name!r}: shape {shape} {dtype} does not match {len(frame)} bytes")

@@ -231,3 +231,16 @@ def test_the_generation_document_passes_and_a_broken_one_does_not():
         with pytest.raises(ProtocolError) as info:
             decode([msgpack.packb({**header, "result": broken})])
         assert info.value.code == "bad-value"
+
+
+def test_a_shape_numpy_cannot_hold_is_refused_even_with_a_zero_in_it():
+    # found by the fuzz test: zero elements, but numpy refuses the shape (a ValueError, not ours)
+    frames = [
+        b"\x86\xa1v\x01\xa4type\xa5begin\xa2id\x01\xabtemperature\xcb\x00\x00\x00\x00\x00\x00"
+        b"\x00\x00\xa4seed\xc0\xa6arrays\x92\x93\xaaprompt_ids\xa3<i4\x94\x00\xcdo4\xce\x00\x89J9"
+        b"\xce\x00\x89]J\xc0",
+        b"",
+        b"",
+    ]
+    with pytest.raises(ProtocolError, match="bad shape"):
+        decode(frames)
