@@ -1,10 +1,12 @@
 """How long `/metrics` takes to answer with 8 (simulated) GPUs and a live run.
 
     python3 -m benchmarks.metrics_latency [--simulate cuda:8] [--scrapes 2000] [--interval 0.05]
-                                          [--json]
+                                          [--target sim-cuda:0] [--draft sim-cuda:1] [--json]
+    python3 -m benchmarks.metrics_latency --simulate cuda:7 --target cuda:0 --draft cuda:0  # a GPU
 
 A real run of the bundled demo pair decodes on this machine's CPU (target on sim-cuda:0, draft
-on sim-cuda:1, split mode: two daemons; the simulated GPUs run their work on the host) for as
+on sim-cuda:1, split mode: two daemons; the simulated GPUs run their work on the host), or on
+the devices `--target` and `--draft` name (a real GPU beside simulated cards), for as
 long as the measurement lasts: a time-bound workload, stopped once done. Two servers are
 scraped while it goes on, one after the other:
 
@@ -152,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--interval", type=float, default=0.05, help="seconds between scrapes (default: 0.05)"
     )
+    parser.add_argument("--target", default="sim-cuda:0", help="the target's device (split run)")
+    parser.add_argument("--draft", default="sim-cuda:1", help="the draft's device")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -164,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
 
     inventory = discover(args.simulate)
     spec = RunSpec(
-        target=("sim-cuda:0",),
-        draft="sim-cuda:1",
+        target=(args.target,),
+        draft=args.draft,
         mode="split",
         max_new_tokens=64,
         duration="30m",  # goes on until stopped below
@@ -205,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "simulate": args.simulate,
         "devices": len(inventory.devices),
+        "placement": {"target": args.target, "draft": args.draft, "mode": "split"},
         "run": {"id": handle.run_id, "model": run.target_name, "mode": run.mode, "steps": steps},
         "interval_s": args.interval,
         "goal_ms": GOAL_MS,

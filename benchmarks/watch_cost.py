@@ -1,7 +1,8 @@
 """What watching a run costs the run: decode tokens/s of the demo pair, split over simulated
-devices on the CPU, alone and watched from other processes, in alternating repetitions.
+devices on the CPU (or the devices `--target`/`--draft` name), alone and watched from other processes, in alternating repetitions.
 
     python benchmarks/watch_cost.py --n 5 [--tokens 400] [--watchers reader,dashboard] > cost.json
+    python benchmarks/watch_cost.py --target cuda:0 --draft cuda:0 --tokens 1500 ...   # a GPU
 
 Each repetition runs `specdeck run` (a fresh process, as a user runs it) once per condition,
 in an order that alternates between repetitions so drift in the machine's load falls on
@@ -178,7 +179,7 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_once(condition: str, tokens: int, data: Path, run_dirs: Path) -> dict:
+def run_once(condition: str, args: argparse.Namespace, data: Path, run_dirs: Path) -> dict:
     """One `specdeck run` with its watcher, if any; its decode tokens/s and what was seen."""
     env = {**os.environ, "SPECDECK_DATA_DIR": str(data), "TMPDIR": str(run_dirs)}
     env["HF_HUB_OFFLINE"] = "1"
@@ -194,8 +195,8 @@ def run_once(condition: str, tokens: int, data: Path, run_dirs: Path) -> dict:
         )
     argv = [
         sys.executable, "-m", "app.cli", "--simulate", SIMULATE, "run",
-        "--target", "sim-cuda:0", "--draft", "sim-hip:0", "--mode", "split",
-        "--max-new-tokens", str(tokens), "--json",
+        "--target", args.target, "--draft", args.draft, "--mode", "split",
+        "--max-new-tokens", str(args.tokens), "--json",
     ]  # fmt: skip
     before, started = children_cpu_s(), time.monotonic()
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=WAIT_S)
@@ -229,6 +230,8 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=5, help="repetitions")
     parser.add_argument("--tokens", type=int, default=400, help="--max-new-tokens of each run")
     parser.add_argument("--watchers", default="reader,dashboard")
+    parser.add_argument("--target", default="sim-cuda:0", help="the target's device (split run)")
+    parser.add_argument("--draft", default="sim-hip:0", help="the draft's device")
     parser.add_argument("--publish-events", type=int, default=5000,
                         help="events of the publisher's own CPU measurement (at most "
                         "ipc.watch.QUEUE_LIMIT: they are queued at once)")  # fmt: skip
@@ -242,7 +245,7 @@ def main() -> int:
         for rep in range(args.n):
             order = conditions if rep % 2 == 0 else conditions[::-1]
             for condition in order:
-                figures[condition].append(run_once(condition, args.tokens, data, run_dirs))
+                figures[condition].append(run_once(condition, args, data, run_dirs))
                 print(f"rep {rep + 1}/{args.n} {condition}: "
                       f"{figures[condition][-1]['decode_tokens_per_s']:.1f} tok/s",
                       file=sys.stderr)  # fmt: skip
@@ -258,6 +261,7 @@ def main() -> int:
             "python": platform.python_version(),
         },
         "tokens": args.tokens,
+        "placement": {"target": args.target, "draft": args.draft, "mode": "split"},
         # every run publishes, watched or not: its events x this, over the run's CPU
         "publisher_cpu_us_per_event": per_event_us,
         "publisher_cpu_percent_of_run_median": statistics.median(
