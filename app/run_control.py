@@ -267,7 +267,12 @@ class RunView(Protocol):
         ...
 
     def show_figures(self, acceptance: AcceptanceFigures, throughput: ThroughputFigures) -> None:
-        """The live figures after a step or the run's end."""
+        """The figures at a run's start or end, shown now."""
+        ...
+
+    def step_figures(self, acceptance: AcceptanceFigures, throughput: ThroughputFigures) -> None:
+        """The live figures after a step; shown now or within a fraction of a second (a view
+        may skip some of many steps, never the last: `show_figures` or a later step's)."""
         ...
 
     def begin_output(self, prompt: str) -> None:
@@ -628,7 +633,7 @@ class LiveRun:
             self.output, prompt, self._next_prompt = "", self._next_prompt, None
             self.view.begin_output(prompt)
         self.output += event.text
-        self.view.show_figures(self.acceptance, self.throughput)
+        self.view.step_figures(self.acceptance, self.throughput)
         self.view.append_output(event.text)
 
     def _prompt_done(self, event: ev.PromptEvent) -> None:

@@ -1,5 +1,6 @@
 """What watching a run costs the run: decode tokens/s of the demo pair, split over simulated
-devices on the CPU (or the devices `--target`/`--draft` name), alone and watched from other processes, in alternating repetitions.
+devices on the CPU (or the devices `--target`/`--draft` name), alone and watched from other
+processes, in alternating repetitions.
 
     python benchmarks/watch_cost.py --n 5 [--tokens 400] [--watchers reader,dashboard] > cost.json
     python benchmarks/watch_cost.py --target cuda:0 --draft cuda:0 --tokens 1500 ...   # a GPU

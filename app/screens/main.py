@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
 CHIP_KEYS = Binding.Group("Chip")  # the footer shows `t d Chip`
 MODEL_KEYS = Binding.Group("Model")  # and `T D Model`
 COMPACT_FOOTER_BELOW = 130  # columns: the footer drops its spacing below this width
+# a step's figures are shown at once if none were this recently, else at the end of the wait:
+# steps can come every millisecond, and repainting the panes on each took a quarter of a core
+FIGURES_EVERY_S = 0.25
 
 
 def device_ids(inventory: Inventory) -> set[str]:
@@ -109,6 +113,9 @@ class MainScreen(Screen):
         self.board = Board.of(inventory.devices)
         self._filled = False  # the parts mounted after the first frame are there
         self._after_fill: list[Callable[[], object]] = []
+        self._figures_at = float("-inf")  # when a step's figures were last shown (monotonic)
+        self._figures_due: tuple[AcceptanceFigures, ThroughputFigures] | None = None
+        self._figures_timer = None  # the wait before showing the due figures
 
     def compose(self) -> ComposeResult:
         # the breakpoint classes of the size we open at, so the first resize restyles nothing
@@ -533,8 +540,26 @@ class MainScreen(Screen):
         self.event_log.add(text, level, role)
 
     def show_figures(self, acceptance: AcceptanceFigures, throughput: ThroughputFigures) -> None:
+        self._figures_due = None  # these replace any step's figures still waiting
         self.acceptance_pane.figures = acceptance
         self.throughput_pane.figures = throughput
+
+    def step_figures(self, acceptance: AcceptanceFigures, throughput: ThroughputFigures) -> None:
+        now = time.monotonic()
+        wait = self._figures_at + FIGURES_EVERY_S - now
+        if wait <= 0 and self._figures_timer is None:
+            self._figures_at = now
+            self.show_figures(acceptance, throughput)
+            return
+        self._figures_due = (acceptance, throughput)
+        if self._figures_timer is None:
+            self._figures_timer = self.set_timer(max(wait, 0.0), self._show_due_figures)
+
+    def _show_due_figures(self) -> None:
+        self._figures_timer = None
+        if self._figures_due is not None:
+            self._figures_at = time.monotonic()
+            self.show_figures(*self._figures_due)
 
     def begin_output(self, prompt: str) -> None:
         self.output_pane.begin(prompt)

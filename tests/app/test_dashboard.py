@@ -271,6 +271,31 @@ async def test_run_events_fill_the_acceptance_and_throughput_panes():
         assert " x x" in screen.query_one("#output").text
 
 
+async def test_many_quick_steps_repaint_the_figures_a_few_times_and_end_on_the_last():
+    from engine.metrics import StepRecord
+    from ipc.events import StepEvent
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await wait_filled(pilot)
+        as_if_launched(screen)
+        pane = screen.query_one(AcceptancePane)
+        shown = []
+        screen.watch(pane, "figures", lambda figures: shown.append(figures), init=False)
+        steps = 40
+        for i in range(steps):
+            step = StepRecord(i, 5, i % 5, i % 5 + 1, 0.01, 0.02, 0.005, k=5)
+            event = StepEvent(step, (1,), " x", 1.0 + i / 10, 0.5, (1.0,), 100.0 + i)
+            screen.post_message(RunEventArrived(event))
+        last_mean = 100.0 + steps - 1
+        await wait_for(pilot, lambda: screen.live_run.throughput.mean == last_mean, "the steps")
+        await wait_for(pilot, lambda: pane.figures == screen.live_run.acceptance, "the last shown")
+        assert 1 <= len(shown) < steps  # the first at once, the rest a few times a second
+        throughput = str(Content.from_markup(screen.query_one(ThroughputPane).render()))
+        assert f"mean {last_mean:.1f}" in throughput
+
+
 async def test_theme_switch_is_remembered_in_the_config(tmp_path):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:

@@ -58,6 +58,9 @@ class ShownRun:
     def show_figures(self, acceptance, throughput):
         self.figures = (acceptance, throughput)
 
+    def step_figures(self, acceptance, throughput):
+        self.figures = (acceptance, throughput)
+
     def begin_output(self, prompt):
         self.prompt, self.output = prompt, ""
 
