@@ -76,12 +76,15 @@ from app.screens.runs import RunsScreen
 from backends.discovery import discover
 from backends.sampler import DeviceSampler
 
-async def until(pilot, condition, what, limit_s):
+async def until(pilot, condition, what, limit_s, watching=False):
     deadline = time.monotonic() + limit_s
     while not condition():
         if time.monotonic() > deadline:
             sys.exit(f"the second dashboard waited for {what} in vain")
-        await pilot.pause(0.05)
+        if watching:  # a pilot's pause posts to every widget: half the CPU measured, once
+            await asyncio.sleep(0.05)
+        else:
+            await pilot.pause(0.05)
 
 async def main():
     inventory = discover(sys.argv[1])
@@ -99,7 +102,7 @@ async def main():
         await pilot.press("w")
         await until(pilot, lambda: main.live_run.watched, "the watch", limit_s)
         cpu, wall = time.process_time(), time.monotonic()  # watching from here on
-        await until(pilot, lambda: not main.live_run.busy, "the run's end", limit_s)
+        await until(pilot, lambda: not main.live_run.busy, "the run's end", limit_s, True)
         cpu, wall = time.process_time() - cpu, time.monotonic() - wall
         print(json.dumps({"end": [main.live_run.outcome], "text": len(main.live_run.output),
                           "cpu_s": cpu, "wall_s": wall}))

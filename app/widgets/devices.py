@@ -203,11 +203,20 @@ class DeviceCard(DropTarget, can_focus=True):
         return tuple(roles)
 
     async def watch_roles(self, roles: tuple[RoleOnCard, ...]) -> None:
-        await self.remove_children(PlacedRole)
-        await self.mount_all(
-            PlacedRole(r.label, r.role, source=self.device.id, classes=f"placed -{r.role}")
-            for r in roles
-        )
+        chips = list(self.query_children(PlacedRole))
+        if [chip.role for chip in chips] == [r.role for r in roles]:
+            # the same roles, a new reading of their daemons' memory: relabel the chips, as
+            # mounting them again every sample would cost a layout (and end a drag of one)
+            for chip, role in zip(chips, roles, strict=True):
+                if chip.label != role.label:
+                    chip.label = role.label
+                    chip.update(role.label)
+        else:
+            await self.remove_children(PlacedRole)
+            await self.mount_all(
+                PlacedRole(r.label, r.role, source=self.device.id, classes=f"placed -{r.role}")
+                for r in roles
+            )
         self.set_class(bool(roles), "-occupied")
 
     def action_place(self) -> None:

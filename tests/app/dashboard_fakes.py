@@ -40,6 +40,7 @@ class FixedBackend(Backend):
     def __init__(self) -> None:
         self.calls = 0
         self.present = list(DEVICES)
+        self.gpu_process_bytes = 3 * GIB  # GPU_PID's memory on every GPU
 
     def discover(self) -> list[Device]:
         return list(self.present)
@@ -67,7 +68,7 @@ class FixedBackend(Backend):
             power_watts=120.0 if gpu else None,
             power_limit_watts=700.0 if gpu else None,
             temperature_c=45.0 if gpu else None,
-            processes=(ProcessInfo(GPU_PID, "python", 3 * GIB),) if gpu else (),
+            processes=(ProcessInfo(GPU_PID, "python", self.gpu_process_bytes),) if gpu else (),
         )
 
 

@@ -145,6 +145,26 @@ async def test_a_daemon_the_device_reports_shows_the_device_figure_not_its_rss()
         )
 
 
+async def test_a_daemon_whose_memory_changes_keeps_its_chip_and_shows_the_new_figure():
+    app = make_app(refresh_s=REFRESH_S)
+    backend = app.inventory.owners["sim-cuda:0"]
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.screen.place("target", "sim-cuda:0")
+        as_if_launched(app.screen)
+        app.screen.post_message(RunEventArrived(DaemonEvent("target", GPU_PID, ("sim-cuda:0",))))
+        first = [f" TARGET pid {GPU_PID} 3.0 GiB "]
+        await sample_and_show(app, pilot, lambda: labels(app, "sim-cuda:0") == first, "3 GiB")
+        card = app.screen.query_one("#card-sim-cuda-0", DeviceCard)
+        chip = card.query_one(PlacedRole)
+
+        backend.gpu_process_bytes = 5 * GIB
+        later = [f" TARGET pid {GPU_PID} 5.0 GiB "]
+        await sample_and_show(app, pilot, lambda: labels(app, "sim-cuda:0") == later, "5 GiB")
+
+        assert card.query_one(PlacedRole) is chip  # relabelled, not mounted again
+        assert chip.label == later[0]  # what a drag of it would show
+
+
 async def test_gpus_discovered_after_the_first_frame_get_cards_at_once():
     from app.config import load_config
     from app.dashboard import DashboardApp
