@@ -51,8 +51,7 @@ CHIP_KEYS = Binding.Group("Chip")  # the footer shows `t d Chip`
 MODEL_KEYS = Binding.Group("Model")  # and `T D Model`
 COMPACT_FOOTER_BELOW = 130  # columns: the footer drops its spacing below this width
 # a step's figures are shown at once if none were this recently, else at the end of the wait:
-# steps can come every millisecond, and a dashboard repainting both panes on each used about
-# a quarter of a core while it watched (benchmarks/watch_cost.py, docs/validation.md)
+# steps can come every millisecond, and nobody reads the panes faster than a few times a second
 FIGURES_EVERY_S = 0.25
 
 
