@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from array import array
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ipc.records import load_run, placement_text, read_device_rows, read_steps
+from ipc.records import find_run, load_run, placement_text, read_device_rows, read_steps
 
 PHASES = ("load", "prefill", "decode", "idle")  # devices.csv's phase column
 POINTS = 150  # at most this many points a line (a long run's steps are averaged in groups)
@@ -194,3 +196,48 @@ def load_plot(data_dir: str | os.PathLike, run_id: str, points: int = POINTS) ->
     run = load_run(data_dir, run_id, steps=False)
     folder = run["folder"]
     return run_plot(run, read_steps(folder), read_device_rows(folder), points)
+
+
+RECORD_FILES = ("run.json", "steps.jsonl", "devices.csv")  # what a run's plots are read from
+
+
+def record_stamp(folder: str | os.PathLike) -> tuple:
+    """Each of a record's plotted files' size and modification time (None where missing):
+    it changes whenever the record does."""
+    stamp = []
+    for name in RECORD_FILES:
+        try:
+            st = os.stat(os.path.join(folder, name))
+        except OSError:
+            stamp.append(None)
+        else:
+            stamp.append((st.st_size, st.st_mtime_ns))
+    return tuple(stamp)
+
+
+class PlotCache:
+    """The plots of the last few records loaded, each kept while its files are unchanged, so
+    that going back to a run in the runs view draws it without reading its record again
+    (a long GPU run's steps.jsonl holds tens of thousands of lines). Safe across threads."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._plots: OrderedDict[tuple[str, int], tuple[tuple, RunPlot]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def load(self, data_dir: str | os.PathLike, run_id: str, points: int = POINTS) -> RunPlot:
+        """`load_plot`, from the cache when the record has not changed since."""
+        folder = find_run(data_dir, run_id)
+        key, stamp = (str(folder), points), record_stamp(folder)
+        with self._lock:
+            kept = self._plots.get(key)
+            if kept is not None and kept[0] == stamp:
+                self._plots.move_to_end(key)
+                return kept[1]
+        plot = load_plot(data_dir, folder.name, points)  # stamped before it was read
+        with self._lock:
+            self._plots[key] = (stamp, plot)
+            self._plots.move_to_end(key)
+            while len(self._plots) > self.size:
+                self._plots.popitem(last=False)
+        return plot

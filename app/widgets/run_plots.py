@@ -15,10 +15,10 @@ from textual_plotext import PlotextPlot
 from app.plot_data import (
     PHASES,
     NothingToPlot,
+    PlotCache,
     RunPlot,
     Series,
     device_ids,
-    load_plot,
     phase_line,
 )
 from ipc.records import RunNotFound
@@ -54,6 +54,7 @@ class RunPlots(PlotextPlot):
         self.shown: tuple[str, ...] = ()  # the ids of the runs drawn now
         self._plots: tuple[RunPlot, ...] = ()
         self.problem = ""  # why nothing is drawn, in one line
+        self._cache = PlotCache()  # a run the cursor comes back to is not read again
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -75,7 +76,7 @@ class RunPlots(PlotextPlot):
         from app.config import data_dir
 
         try:
-            plots = tuple(load_plot(data_dir(), run_id, POINTS) for run_id in run_ids)
+            plots = tuple(self._cache.load(data_dir(), run_id, POINTS) for run_id in run_ids)
             problem = ""
         except (RunNotFound, NothingToPlot, OSError) as exc:
             plots, problem = (), str(exc)

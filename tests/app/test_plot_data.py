@@ -10,6 +10,7 @@ from app.config import data_dir
 from app.plot_data import (
     NothingToPlot,
     PhaseSpan,
+    PlotCache,
     device_series,
     load_plot,
     phase_line,
@@ -105,3 +106,31 @@ def test_a_long_run_is_plotted_without_holding_its_steps():
         tracemalloc.stop()
     assert len(plot.acceptance.times) == 150 and plot.acceptance.values[0] == 4.0
     assert peak < 4 * 2**20  # the steps as objects would take about 20 MB
+
+
+def test_a_record_is_read_again_only_when_it_changed(monkeypatch):
+    import app.plot_data as plot_data
+
+    reads, real = [], plot_data.read_steps
+
+    def read_steps(folder):
+        reads.append(folder)
+        return real(folder)
+
+    monkeypatch.setattr(plot_data, "read_steps", read_steps)
+    recorder = new_record(data_dir())
+    recorder.step(StepRecord(0, 4, 3, 4, 0.01, 0.02, k=4), 4.0)
+    other = new_record(data_dir())
+    other.step(StepRecord(0, 4, 1, 2, 0.01, 0.02, k=4), 4.0)
+    cache = PlotCache(size=1)
+
+    first = cache.load(data_dir(), recorder.run_id)
+    assert cache.load(data_dir(), recorder.run_id) is first and len(reads) == 1
+
+    recorder.step(StepRecord(1, 4, 2, 3, 0.01, 0.02, k=4), 4.0)  # a live run's next step
+    again = cache.load(data_dir(), recorder.run_id)
+    assert len(reads) == 2 and again.acceptance.values == (4.0, 3.0)
+
+    cache.load(data_dir(), other.run_id)  # pushes the first run out of a cache of one
+    cache.load(data_dir(), recorder.run_id)
+    assert len(reads) == 4
