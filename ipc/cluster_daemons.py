@@ -3,9 +3,11 @@
 The actor (`DaemonHost`) owns the daemon process: it starts it from the run's launch value
 (interpreter, device visibility by UUID, endpoints), made right for its node (its own run
 dir, Python and environment), and the daemon ends when the actor does (the daemon watches
-its parent). GPUs are taken from Ray's accounting while a daemon holds them, so two runs do
-not land on one GPU unawares. On the supervisor's side a `RemoteProcess` stands where a
-`subprocess.Popen` would. No torch; Ray only through `backends.cluster.import_ray`.
+its parent). GPUs are taken from Ray's accounting while a daemon holds them, and each card
+a run places a role on is claimed by name in Ray (a named actor that lives as long as the
+run's), so a second run on that card is refused at once instead of sharing it unawares. On
+the supervisor's side a `RemoteProcess` stands where a `subprocess.Popen` would. No torch;
+Ray only through `backends.cluster.import_ray`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,18 @@ LOST_STATUS = -9  # the exit status a daemon on a host that left is given
 HOST_PING_S = 0.1
 HOST_SILENCE_S = 1.0  # a node whose actor and daemon say nothing this long has gone
 VISIBILITY_KEYS = frozenset({*NO_GPU_ENV, "CUDA_DEVICE_ORDER"})
+CLAIMS_NAMESPACE = "specdeck"  # where the cards' claims are named, the same for every run
+CARD_BACKENDS = ("cuda", "hip")  # devices one run holds (a CPU is shared)
+
+
+def claim_name(device_id: str) -> str:
+    """The name in Ray of the claim on one card (`HOST/cuda:0`): one run holds it at a time."""
+    return f"specdeck-card:{device_id}"
+
+
+class CardClaim:
+    """Holds a card's name for a run (a role's second and later cards; its first is held by
+    the role's `DaemonHost`): ended with the run, or with the process that made it."""
 
 
 class DaemonHost:
@@ -227,6 +241,7 @@ class ClusterSites:
     def __init__(self, inventory: Inventory) -> None:
         self._inventory = inventory
         self._sites: dict[str, NodeSite] = {}
+        self._claims: dict[str, Any] = {}  # card id -> the actor holding its name, this run's
         self._ray: Any = None
 
     @classmethod
@@ -249,7 +264,8 @@ class ClusterSites:
 
     def place(self, placed: PlacedRole) -> NodeSite:
         """Start the actor that will own this role's daemon on its node, its GPUs taken from
-        Ray's accounting; ValueError (one line) when its node cannot take it."""
+        Ray's accounting and its cards claimed for this run; ValueError (one line) when its
+        node cannot take it or another run holds one of its cards."""
         ray = self._ray = self._ray or import_ray()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -258,18 +274,47 @@ class ClusterSites:
         if not isinstance(owner, ClusterBackend):
             raise ValueError(f"{device.id} is on no node of the joined cluster")
         node_id = owner.node_of(device)
-        gpus = sum(1 for d in placed.devices if d.backend in ("cuda", "hip") and not d.simulated)
-        actor = (
-            ray.remote(DaemonHost)
-            .options(
-                num_cpus=0,
-                num_gpus=gpus,
-                max_concurrency=4,  # wait() blocks while signal() and log() still answer
-                max_restarts=0,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            )
-            .remote()
+        on_node = NodeAffinitySchedulingStrategy(node_id, soft=False)
+        gpus = sum(1 for d in placed.devices if d.backend in CARD_BACKENDS and not d.simulated)
+        # cards this run does not hold yet (its other role may share one, as on one machine)
+        cards = [
+            d.id for d in placed.devices if d.backend in CARD_BACKENDS and d.id not in self._claims
+        ]
+        named = {"name": claim_name(cards[0]), "namespace": CLAIMS_NAMESPACE} if cards else {}
+        actor = self._claimed(
+            cards[:1],
+            lambda: (
+                ray.remote(DaemonHost)
+                .options(
+                    num_cpus=0,
+                    num_gpus=gpus,
+                    max_concurrency=4,  # wait() blocks while signal() and log() still answer
+                    max_restarts=0,
+                    scheduling_strategy=on_node,
+                    **named,
+                )
+                .remote()
+            ),
         )
+        for card in cards[1:]:
+            try:
+                self._claimed(
+                    [card],
+                    lambda card=card: (
+                        ray.remote(CardClaim)
+                        .options(
+                            num_cpus=0,
+                            max_restarts=0,
+                            scheduling_strategy=on_node,
+                            name=claim_name(card),
+                            namespace=CLAIMS_NAMESPACE,
+                        )
+                        .remote()
+                    ),
+                )
+            except ValueError:
+                ray.kill(actor)  # the claims made so far go with the run's close()
+                raise
         try:
             _, bind_host = ray.get(actor.where.remote(), timeout=PLACE_TIMEOUT_S)
         except Exception:
@@ -282,6 +327,22 @@ class ClusterSites:
         site = NodeSite(node_id, device.host or "", actor, bind_host, gpus)
         self._sites[placed.role] = site
         return site
+
+    def _claimed(self, cards: list[str], make: Callable[[], Any]) -> Any:
+        """`make()` an actor named after `cards`' one card (none: unnamed), kept as this
+        run's claim on it; ValueError naming the card when another run holds its name."""
+        try:
+            actor = make()
+        except ValueError as exc:
+            if not cards or "already taken" not in str(exc):
+                raise
+            raise ValueError(
+                f"{cards[0]} is in use by another specdeck run on the cluster: "
+                "wait for it to end or pick another card"
+            ) from None
+        for card in cards:
+            self._claims[card] = actor
+        return actor
 
     def bind_host(self, role: str) -> str | None:
         """The address a role's daemon binds on: its node's (None: it runs here)."""
@@ -306,11 +367,13 @@ class ClusterSites:
         return start_there
 
     def close(self) -> None:
-        """End every actor (and with it any daemon still running)."""
-        for site in self._sites.values():
+        """End every actor (and with it any daemon still running, and the cards' claims)."""
+        actors = [site.actor for site in self._sites.values()] + list(self._claims.values())
+        for actor in {id(a): a for a in actors}.values():  # a host holding a card: once
             with contextlib.suppress(Exception):  # its node is gone already
-                self._ray.kill(site.actor)
+                self._ray.kill(actor)
         self._sites.clear()
+        self._claims.clear()
 
 
 def host_of(process: Any) -> str:

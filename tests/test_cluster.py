@@ -206,6 +206,32 @@ def test_a_target_split_over_two_hosts_is_refused_with_the_reason(board, tiny_pa
 
 
 @pytest.mark.cluster
+def test_a_card_one_run_holds_is_refused_to_another_until_that_run_ends(board, tiny_pair):
+    """Two runs' sites placing roles on one card of the cluster (no daemon started): the
+    second is refused at once, naming the card; both roles of one run may share a card."""
+    from ipc.cluster_daemons import ClusterSites
+
+    inventory, head, other = board
+    card, elsewhere = f"{head}/sim-cuda:1", f"{other}/sim-cuda:0"
+    first, second = ClusterSites(inventory), ClusterSites(inventory)
+    try:
+        run = _split_run(tiny_pair, inventory, card, card, 8)
+        first.place(run.placed("target"))
+        first.place(run.placed("draft"))  # the same run: its draft beside its target
+
+        other_run = _split_run(tiny_pair, inventory, elsewhere, card, 8)
+        second.place(other_run.placed("target"))  # a card nobody holds
+        with pytest.raises(ValueError, match=f"^{card} is in use by another specdeck run"):
+            second.place(other_run.placed("draft"))
+
+        first.close()
+        second.place(other_run.placed("draft"))  # the card was let go with the run
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.cluster
 def test_a_split_over_two_hosts_gives_the_in_process_tokens_and_ends_when_a_host_dies(
     cluster, board, tiny_pair, tmp_path
 ):
