@@ -142,24 +142,37 @@ class RemoteProcess:
         self.host_lost = False  # its node died or left the cluster
         self.heard: Callable[[], float] = time.monotonic  # when its daemon last said a word
         self._exit = actor.wait.remote()
-        threading.Thread(target=self._watch_host, name=f"host-{host}", daemon=True).start()
+        self._closed = threading.Event()
+        self._watch = threading.Thread(target=self._watch_host, name=f"host-{host}", daemon=True)
+        self._watch.start()
+
+    def close(self) -> None:
+        """Stop asking its host for signs of life (before Ray is shut down: an actor call
+        after `ray.shutdown()` ends this whole process, from Ray's core)."""
+        self._closed.set()
+        self._watch.join(timeout=10.0)  # a round is a ping of 0.1 s at most
 
     def _watch_host(self) -> None:
         """Ask the actor for a sign of life a few times a second: Ray itself takes ~15 s to
         declare a node dead, and a run must end within 3 s, naming the host. The host has
         gone when neither its actor nor its daemon (`heard`) has said a word for
         HOST_SILENCE_S: one busy moment of either is no death."""
-        while self.returncode is None and self._ray.is_initialized():  # never after shutdown:
-            asked = time.monotonic()  # an actor call there would start a Ray of its own
+        while self._watching():
+            asked = time.monotonic()
             ping = self._actor.where.remote()
             while not self._ray.wait([ping], timeout=HOST_PING_S)[0]:
                 now = time.monotonic()
                 if now - asked >= HOST_SILENCE_S and now - self.heard() >= HOST_SILENCE_S:
                     self.host_lost = True
                     return
-                if self.returncode is not None:
+                if not self._watching():
                     return
-            time.sleep(HOST_PING_S)
+            self._closed.wait(HOST_PING_S)
+
+    def _watching(self) -> bool:
+        """Whether the host is still to be watched: the daemon is running, this process is
+        not closed, and Ray is up (an actor call after shutdown would end the process)."""
+        return self.returncode is None and not self._closed.is_set() and self._ray.is_initialized()
 
     def poll(self) -> int | None:
         """The exit status once the daemon has ended or its host has gone, else None."""
@@ -242,6 +255,7 @@ class ClusterSites:
         self._inventory = inventory
         self._sites: dict[str, NodeSite] = {}
         self._claims: dict[str, Any] = {}  # card id -> the actor holding its name, this run's
+        self._processes: list[RemoteProcess] = []  # the daemons started on nodes
         self._ray: Any = None
 
     @classmethod
@@ -362,12 +376,17 @@ class ClusterSites:
             sent = replace(launch, env=dict(launch.env), keys=None)
             line = launch.keys.to_line() if launch.keys is not None else None
             pid = ray.get(site.actor.start.remote(sent, line, sys.executable), timeout=60)
-            return RemoteProcess(ray, site.actor, pid, site.host, launch.log_path)
+            process = RemoteProcess(ray, site.actor, pid, site.host, launch.log_path)
+            self._processes.append(process)
+            return process
 
         return start_there
 
     def close(self) -> None:
         """End every actor (and with it any daemon still running, and the cards' claims)."""
+        for process in self._processes:  # no thread of this run calls Ray after this
+            process.close()
+        self._processes.clear()
         actors = [site.actor for site in self._sites.values()] + list(self._claims.values())
         for actor in {id(a): a for a in actors}.values():  # a host holding a card: once
             with contextlib.suppress(Exception):  # its node is gone already

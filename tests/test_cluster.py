@@ -3,7 +3,9 @@ told by a node label, one by its environment), started once for the module."""
 
 from __future__ import annotations
 
+import gc
 import json
+import threading
 import time
 
 import pytest
@@ -83,6 +85,7 @@ def cluster():
         pytest.skip("Ray is not installed (pip install 'specdeck[cluster]')")
     nodes, second = start_local_cluster()
     yield nodes.address, nodes, second
+    gc.collect()  # the module's Ray handles freed while Ray is up, not later in any thread
     ray.shutdown()
     nodes.shutdown()
 
@@ -283,3 +286,7 @@ def test_a_split_over_two_hosts_gives_the_in_process_tokens_and_ends_when_a_host
     # the target's log came back from its node; the draft's went with its host
     assert f"the daemon's log on {head}" in (folder / "target.log").read_text()
     assert f"host {other} left the cluster" in (folder / "draft.log").read_text()
+    # nothing of the ended run calls Ray any more: a call after `ray.shutdown()` (this
+    # module's end) would end the whole test process from Ray's core, silently
+    watching = [t.name for t in threading.enumerate() if t.name.startswith("host-")]
+    assert watching == [], watching
