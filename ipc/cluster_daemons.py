@@ -294,38 +294,18 @@ class ClusterSites:
         cards = [
             d.id for d in placed.devices if d.backend in CARD_BACKENDS and d.id not in self._claims
         ]
-        named = {"name": claim_name(cards[0]), "namespace": CLAIMS_NAMESPACE} if cards else {}
-        actor = self._claimed(
-            cards[:1],
-            lambda: (
-                ray.remote(DaemonHost)
-                .options(
-                    num_cpus=0,
-                    num_gpus=gpus,
-                    max_concurrency=4,  # wait() blocks while signal() and log() still answer
-                    max_restarts=0,
-                    scheduling_strategy=on_node,
-                    **named,
-                )
-                .remote()
-            ),
+        actor = self._actor(
+            DaemonHost,
+            cards[0] if cards else None,
+            num_cpus=0,
+            num_gpus=gpus,
+            max_concurrency=4,  # wait() blocks while signal() and log() still answer
+            max_restarts=0,
+            scheduling_strategy=on_node,
         )
         for card in cards[1:]:
             try:
-                self._claimed(
-                    [card],
-                    lambda card=card: (
-                        ray.remote(CardClaim)
-                        .options(
-                            num_cpus=0,
-                            max_restarts=0,
-                            scheduling_strategy=on_node,
-                            name=claim_name(card),
-                            namespace=CLAIMS_NAMESPACE,
-                        )
-                        .remote()
-                    ),
-                )
+                self._actor(CardClaim, card, num_cpus=0, scheduling_strategy=on_node)
             except ValueError:
                 ray.kill(actor)  # the claims made so far go with the run's close()
                 raise
@@ -342,19 +322,21 @@ class ClusterSites:
         self._sites[placed.role] = site
         return site
 
-    def _claimed(self, cards: list[str], make: Callable[[], Any]) -> Any:
-        """`make()` an actor named after `cards`' one card (none: unnamed), kept as this
-        run's claim on it; ValueError naming the card when another run holds its name."""
+    def _actor(self, actor_class: type, card: str | None, **options: Any) -> Any:
+        """An actor of `actor_class` with Ray's `options`, named after `card` when given and
+        kept as this run's claim on it; ValueError naming the card when another run holds
+        its name."""
+        named = {"name": claim_name(card), "namespace": CLAIMS_NAMESPACE} if card else {}
         try:
-            actor = make()
+            actor = self._ray.remote(actor_class).options(**options, **named).remote()
         except ValueError as exc:
-            if not cards or "already taken" not in str(exc):
+            if card is None or "already taken" not in str(exc):
                 raise
             raise ValueError(
-                f"{cards[0]} is in use by another specdeck run on the cluster: "
+                f"{card} is in use by another specdeck run on the cluster: "
                 "wait for it to end or pick another card"
             ) from None
-        for card in cards:
+        if card is not None:
             self._claims[card] = actor
         return actor
 
