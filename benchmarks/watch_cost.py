@@ -76,12 +76,24 @@ from app.screens.runs import RunsScreen
 from backends.discovery import discover
 from backends.sampler import DeviceSampler
 
+import collections
+import textual.message_pump as message_pump
+
+MESSAGES = collections.Counter()  # messages the app's widgets handled while it watched
+_dispatch = message_pump.MessagePump._dispatch_message
+
+async def counted(self, message):  # Textual's private hook: what a widget is sent
+    MESSAGES[type(message).__name__] += 1
+    return await _dispatch(self, message)
+
 async def until(pilot, condition, what, limit_s, watching=False):
     deadline = time.monotonic() + limit_s
     while not condition():
         if time.monotonic() > deadline:
             sys.exit(f"the second dashboard waited for {what} in vain")
-        if watching:  # a pilot's pause posts to every widget: half the CPU measured, once
+        # a pilot's pause posts to every widget and waits for them all: no user's dashboard
+        # does that, so while it watches this one sleeps (unless --poll pilot)
+        if watching and sys.argv[3] == "sleep":
             await asyncio.sleep(0.05)
         else:
             await pilot.pause(0.05)
@@ -101,11 +113,13 @@ async def main():
         await until(pilot, lambda: runs.query_one("RunsTable").row_count, "its row", limit_s)
         await pilot.press("w")
         await until(pilot, lambda: main.live_run.watched, "the watch", limit_s)
+        message_pump.MessagePump._dispatch_message = counted
         cpu, wall = time.process_time(), time.monotonic()  # watching from here on
         await until(pilot, lambda: not main.live_run.busy, "the run's end", limit_s, True)
         cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        message_pump.MessagePump._dispatch_message = _dispatch
         print(json.dumps({"end": [main.live_run.outcome], "text": len(main.live_run.output),
-                          "cpu_s": cpu, "wall_s": wall}))
+                          "cpu_s": cpu, "wall_s": wall, "messages": dict(MESSAGES)}))
         await pilot.press("ctrl+q")
 
 asyncio.run(main())
@@ -191,7 +205,7 @@ def run_once(condition: str, args: argparse.Namespace, data: Path, run_dirs: Pat
     if condition == "reader":
         watcher = [sys.executable, "-c", READER, str(data), str(WAIT_S)]
     elif condition == "dashboard":
-        watcher = [sys.executable, "-c", DASHBOARD, SIMULATE, str(WAIT_S)]
+        watcher = [sys.executable, "-c", DASHBOARD, SIMULATE, str(WAIT_S), args.poll]
     watching = None
     if watcher is not None:
         watching = subprocess.Popen(
@@ -236,6 +250,10 @@ def main() -> int:
     parser.add_argument("--watchers", default="reader,dashboard")
     parser.add_argument("--target", default="sim-cuda:0", help="the target's device (split run)")
     parser.add_argument("--draft", default="sim-hip:0", help="the draft's device")
+    parser.add_argument("--poll", choices=("sleep", "pilot"), default="sleep",
+                        help="how the second dashboard's script waits while it watches: "
+                        "asyncio's sleep (as no user's dashboard polls), or Textual's pilot "
+                        "pause (how it measured before: a round to every widget)")  # fmt: skip
     parser.add_argument("--publish-events", type=int, default=5000,
                         help="events of the publisher's own CPU measurement (at most "
                         "ipc.watch.QUEUE_LIMIT: they are queued at once)")  # fmt: skip
@@ -296,6 +314,17 @@ def main() -> int:
             "watcher_cpu_percent_of_a_core_while_watching_median": 100
             * statistics.median(watching),
         }
+        if condition == "dashboard":  # what its widgets were sent while it watched
+            seen = [f["seen"] for f in figures[condition]]
+            report[f"{condition}_over_alone"]["messages_per_s_while_watching_median"] = (
+                statistics.median(sum(x["messages"].values()) / x["wall_s"] for x in seen)
+            )
+            report[f"{condition}_over_alone"]["callback_share_of_messages_median"] = (
+                statistics.median(
+                    x["messages"].get("Callback", 0) / max(1, sum(x["messages"].values()))
+                    for x in seen
+                )
+            )
     report["run_cores_busy_median"] = statistics.median(
         f["run_cpu_s"] / f["run_wall_s"] for f in figures["alone"]
     )
