@@ -120,8 +120,10 @@ def measure_set(torch, name: str, target, draft, tokens: int, new: int) -> dict:
 
 KNOBS = ("GEMV_TILE", "GEMV_WARPS", "GEMV_PROGRAMS_PER_SM")
 SWEEP = [
-    *((tile, warps, 2) for tile in (8192, 16384, 32768) for warps in (4, 8)),
-    *((16384, 8, programs) for programs in (1, 4)),
+    (16384, 0, 2),  # the settings before 2026-12-02
+    *((16384, warps, programs) for warps in (2, 4, 8) for programs in (1, 2)),
+    (8192, 4, 1),
+    (32768, 4, 1),
 ]
 
 

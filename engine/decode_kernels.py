@@ -36,8 +36,8 @@ TARGET_PROGRAMS = 128  # about one per multiprocessor of an H100/H200
 GEMV_ROWS = 4  # `linear` serves products of at most this many rows
 GEMV_TILE = 16384  # weight elements a program holds: 32 KB of bf16, in registers
 GEMV_MAX_IN = 16384  # widest input a program covers whole (one row of the weight)
-GEMV_PROGRAMS_PER_SM = 2  # fewer outputs a program until there are this many programs
-GEMV_WARPS = 0  # warps a program; 0: 8 for a full tile, else 4
+GEMV_PROGRAMS_PER_SM = 1  # fewer outputs a program until there are this many programs
+GEMV_WARPS = 4  # warps a program; 0: 8 for a full tile, else 4
 
 
 def available() -> bool:
@@ -121,15 +121,15 @@ if triton is not None:
         QK_NORM: tl.constexpr,
         PDL: tl.constexpr,
     ):
-        """One (token, head): queries and keys normed and rotated, keys and values written
-        into the cache at the token's position, queries into q_out [n, HEADS, D]."""
+        """One (token, head): queries and keys normed and rotated by the token's row of
+        `rope` [n, 2D], keys and values written into the cache at the token's position,
+        queries into q_out [n, HEADS, D]."""
         _wait_for_earlier(PDL)
         t = tl.program_id(0)
         j = tl.program_id(1)
         half: tl.constexpr = D // 2
         cols = tl.arange(0, D)
         rolled = (cols + half) % D  # roll(x, D/2): rotate_half up to the sign in rope's sin
-        pos = tl.load(pos_ptr + t)
         base = qkv_ptr + t * stride_qkv + j * D
         if j < HEADS + KV_HEADS:
             x = tl.load(base + cols).to(tl.float32)
@@ -146,17 +146,19 @@ if triton is not None:
                 xr = (xr * rstd).to(q_out_ptr.dtype.element_ty).to(tl.float32) * wr
                 x = x.to(q_out_ptr.dtype.element_ty).to(tl.float32)
                 xr = xr.to(q_out_ptr.dtype.element_ty).to(tl.float32)
-            cos = tl.load(rope_ptr + pos * (2 * D) + cols).to(tl.float32)
-            sin = tl.load(rope_ptr + pos * (2 * D) + D + cols).to(tl.float32)
+            cos = tl.load(rope_ptr + t * (2 * D) + cols).to(tl.float32)
+            sin = tl.load(rope_ptr + t * (2 * D) + D + cols).to(tl.float32)
             y = (x * cos + xr * sin).to(q_out_ptr.dtype.element_ty)
             if j < HEADS:
                 tl.store(q_out_ptr + (t * HEADS + j) * D + cols, y)
             else:
                 head = j - HEADS
+                pos = tl.load(pos_ptr + t)
                 tl.store(k_cache_ptr + head * stride_cache_head + pos * D + cols, y)
         else:
             head = j - HEADS - KV_HEADS
             v = tl.load(base + cols)
+            pos = tl.load(pos_ptr + t)
             tl.store(v_cache_ptr + head * stride_cache_head + pos * D + cols, v)
 
     @triton.jit
@@ -207,6 +209,8 @@ if triton is not None:
             keys = (split * BLOCKS + b) * BLOCK + tl.arange(0, BLOCK)
             inside = (keys < capacity) & (keys <= last)
             k = tl.load(k_base + keys[None, :] * D + cols[:, None], mask=inside[None, :], other=0.0)
+            # loaded with the keys, not after the softmax: one wait on memory, not two
+            v = tl.load(v_base + keys[:, None] * D + cols[None, :], mask=inside[:, None], other=0.0)
             if IEEE:  # noqa: SIM108 - chosen when the kernel compiles
                 s = tl.dot(q, k, input_precision="ieee")
             else:
@@ -219,7 +223,6 @@ if triton is not None:
             p = tl.exp(s - m_safe[:, None])
             alpha = tl.exp(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(v_base + keys[:, None] * D + cols[None, :], mask=inside[:, None], other=0.0)
             if IEEE:
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
             else:
@@ -306,6 +309,8 @@ if triton is not None:
         kind = out_ptr.dtype.element_ty
         for r in tl.static_range(ROWS):
             row = x_ptr + r * stride_x
+            if RESIDUAL:  # loaded with the input, not after the product: one wait, not two
+                res = tl.load(res_ptr + r * stride_res + n, mask=n_ok, other=0.0).to(tl.float32)
             if SILU:
                 gate = tl.load(row + k, mask=k_ok, other=0.0).to(tl.float32)
                 up = tl.load(row + n_in + k, mask=k_ok, other=0.0).to(tl.float32)
@@ -319,7 +324,7 @@ if triton is not None:
             if BIAS:
                 y += bias
             if RESIDUAL:
-                y += tl.load(res_ptr + r * stride_res + n, mask=n_ok, other=0.0).to(tl.float32)
+                y += res
             tl.store(out_ptr + r * stride_out + n, y.to(kind), mask=n_ok)
 
 
@@ -387,7 +392,8 @@ def qk_rope_cache(
     pdl: bool = False,
 ) -> torch.Tensor:
     """Queries [n, heads, d] normed and rotated; keys and values into the cache rows at
-    `positions` (keys rotated). `rope` is [capacity, 2d]: cos, then sin signed for roll."""
+    `positions` (keys rotated). `rope` is [n, 2d], each token's row of the rotary table:
+    cos, then sin signed for roll."""
     n, d = qkv.shape[0], keys.shape[-1]
     q = torch.empty((n, heads, d), dtype=qkv.dtype, device=qkv.device)
     norm = q_norm is not None
@@ -577,7 +583,8 @@ def self_check(
         qw, kw = (rand(d), rand(d)) if qk_norm else (None, None)
         rope = rand(capacity, 2 * d)
         want_keys, want_values = keys.clone(), values.clone()
-        q = qk_rope_cache(qkv, positions, rope, qw, kw, keys, values, heads, kv_heads, 1e-6, pdl)
+        rows = rope.index_select(0, positions)
+        q = qk_rope_cache(qkv, positions, rows, qw, kw, keys, values, heads, kv_heads, 1e-6, pdl)
         qk = qkv[:, : (heads + kv_heads) * d].view(n, heads + kv_heads, d).float()
         if qk_norm:
             qk = torch.cat(

@@ -533,8 +533,11 @@ class GraphDecoder:
         n, device = x.shape[0], stage.device
         positions = start + self.key_index[device][offset : offset + n]
         if self.kernels != "torch":
+            # the tokens' cos/sin rows, gathered once for every layer: the rotary kernel
+            # then reads them without first waiting for the positions
+            rope = self.rope[device].index_select(0, positions)
             for local, (_, layer) in enumerate(stage.layers):
-                x = self._fused_layer(stage, local, layer, x, positions, products)
+                x = self._fused_layer(stage, local, layer, x, positions, rope, products)
             return x
         cos, sin = self.rope[device].index_select(0, positions).unsqueeze(1).chunk(2, dim=-1)
         # query rows are (token, group): row r belongs to token r // groups
@@ -579,7 +582,7 @@ class GraphDecoder:
         return _linear_add(x, F.silu(gate) * up, layer.down)
 
     def _fused_layer(
-        self, stage, local, layer: LayerWeights, x, positions, products: bool
+        self, stage, local, layer: LayerWeights, x, positions, rope, products: bool
     ) -> torch.Tensor:
         """The same layer through engine.decode_kernels: about half the launches; with
         Triton `products` (a few rows), norms, gating and residuals join the products."""
@@ -593,7 +596,7 @@ class GraphDecoder:
         q = kernels.qk_rope_cache(
             qkv,
             positions,
-            self.rope[stage.device],
+            rope,
             layer.q_norm,
             layer.k_norm,
             keys,
