@@ -256,11 +256,46 @@ def product_sweep(dev, sms: int) -> None:
     ) = defaults
 
 
+@triton.jit
+def _plain_empty_kernel(out_ptr):
+    if tl.program_id(0) == 0:
+        tl.store(out_ptr, 1.0)
+
+
+def pdl_overlap(dev, sms: int) -> None:
+    """Whether a product's weights stream while the kernel before it runs: chains of
+    empty kernels and of qkv-shaped products, with and without dependent launch, over
+    distinct weights (read from memory) and over one weight (read from L2)."""
+    out = torch.zeros(1, device=dev)
+    n = 1000
+    for pdl in (False, True):
+        kernel = _empty_kernel if pdl else _plain_empty_kernel
+        ms = graph_ms(lambda k=kernel, p=pdl: [k[(sms,)](out, launch_pdl=p) for _ in range(n)])
+        print(f"empty chain, dependent launch {pdl}: {ms / n * 1e3:.2f} us a kernel")
+    gen = torch.Generator(device="cpu").manual_seed(2)
+    n_out, n_in = PRODUCTS["qkv"][:2]
+    weights = [
+        (torch.randn(n_out, n_in, generator=gen) * 0.02).to(dev, torch.bfloat16) for _ in range(40)
+    ]
+    x = torch.randn(1, n_in, generator=gen).to(dev, torch.bfloat16)
+    norm = torch.ones(n_in, device=dev, dtype=torch.bfloat16)
+
+    def chain(ws, pdl):
+        for w in ws:
+            decode_kernels.linear(x, (w, None), norm=norm, eps=1e-6, pdl=pdl)
+
+    for pdl in (False, True):
+        for name, ws in (("distinct weights", weights), ("one weight (L2)", [weights[0]] * 40)):
+            us = graph_ms(functools.partial(chain, ws, pdl)) / 40 * 1e3
+            print(f"qkv chain, {name}, dependent launch {pdl}: {us:.2f} us a product")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=28)
     parser.add_argument("--warps", default="8,16")
     parser.add_argument("--products", action="store_true", help="only the product sweep")
+    parser.add_argument("--pdl", action="store_true", help="only the dependent-launch chains")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     dev = torch.device("cuda:0")
@@ -276,6 +311,9 @@ def main() -> None:
     )
     if args.products:
         product_sweep(dev, sms)
+        return
+    if args.pdl:
+        pdl_overlap(dev, sms)
         return
 
     out = torch.zeros(1, device=dev)
