@@ -583,8 +583,10 @@ def self_check(
         qw, kw = (rand(d), rand(d)) if qk_norm else (None, None)
         rope = rand(capacity, 2 * d)
         want_keys, want_values = keys.clone(), values.clone()
-        rows = rope.index_select(0, positions)
-        q = qk_rope_cache(qkv, positions, rows, qw, kw, keys, values, heads, kv_heads, 1e-6, pdl)
+        rope_rows = rope.index_select(0, positions)
+        q = qk_rope_cache(
+            qkv, positions, rope_rows, qw, kw, keys, values, heads, kv_heads, 1e-6, pdl
+        )
         qk = qkv[:, : (heads + kv_heads) * d].view(n, heads + kv_heads, d).float()
         if qk_norm:
             qk = torch.cat(

@@ -532,14 +532,14 @@ class GraphDecoder:
             return x
         n, device = x.shape[0], stage.device
         positions = start + self.key_index[device][offset : offset + n]
+        # the tokens' cos/sin rows, gathered once for every layer (the rotary kernel then
+        # reads them without first waiting for the positions)
+        rope = self.rope[device].index_select(0, positions)
         if self.kernels != "torch":
-            # the tokens' cos/sin rows, gathered once for every layer: the rotary kernel
-            # then reads them without first waiting for the positions
-            rope = self.rope[device].index_select(0, positions)
             for local, (_, layer) in enumerate(stage.layers):
                 x = self._fused_layer(stage, local, layer, x, positions, rope, products)
             return x
-        cos, sin = self.rope[device].index_select(0, positions).unsqueeze(1).chunk(2, dim=-1)
+        cos, sin = rope.unsqueeze(1).chunk(2, dim=-1)
         # query rows are (token, group): row r belongs to token r // groups
         rows = positions.unsqueeze(1).expand(n, self.groups).reshape(-1) if n > 1 else positions
         visible = self.key_index[device][None, :] <= rows[:, None]
