@@ -14,7 +14,12 @@ random weights, one token. Times, each as graph replays with CUDA events:
   its phases separated by grid barriers, each phase's weights loaded before the barrier
   in front of it; per layer, and checked against `linear`.
 `--products` instead times each of the draft's products alone (a chain of launches over
-distinct weights) at each register tile, warps and programs a multiprocessor of `linear`.
+distinct weights) at each register tile, warps and programs a multiprocessor of `linear`;
+`--pdl` chains of empty kernels and of qkv-shaped products with and without dependent
+launch, over distinct weights (from memory) and over one weight (from L2).
+
+The barriers assume every program of the grid is resident at once (one a multiprocessor,
+nothing else on the GPU): fine for a probe, not for product code.
 
 Measured on one H200 (2026-12-02, docs/validation.md): a dependent launch 0.5 us, a grid
 barrier 1.15 us (4 warps) to 2.7 us (16), `linear` 14.8 us a layer, `persistent` 18.9 us:
@@ -41,12 +46,15 @@ from engine import decode_kernels  # noqa: E402
 
 @triton.jit
 def _arrive(counter_ptr):
+    """This program's writes done (block barrier), then one count on the grid's counter
+    (release); the count before it, from which the caller derives its targets."""
     tl.debug_barrier()
     return tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
 
 
 @triton.jit
 def _wait_count(counter_ptr, target):
+    """Spin on the counter (volatile loads, from L2) until the grid has arrived."""
     seen = tl.load(counter_ptr, volatile=True)
     while seen < target:
         seen = tl.load(counter_ptr, volatile=True)
