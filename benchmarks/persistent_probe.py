@@ -36,10 +36,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from decode_floor import event_times  # noqa: E402
 
 from engine import decode_kernels  # noqa: E402
 
@@ -172,25 +174,14 @@ def _layer_kernel(
     tl.store(out_ptr + n4, y.to(kind), mask=n4 < H)
 
 
-def pow2(x: int) -> int:
-    return 1 << max(0, (x - 1).bit_length())
-
-
 def graph_ms(fn, repeats: int = 20) -> float:
+    """Median milliseconds of a CUDA graph of `fn`'s launches, past the first two replays."""
     fn()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times[2:])
+    return statistics.median(event_times(torch, graph.replay, repeats)[2:])
 
 
 PRODUCTS = {  # name: (n_out, n_in, how): the draft's products at Qwen3-0.6B widths
@@ -377,10 +368,10 @@ def main() -> None:
     bufs = [torch.empty(1, H, dtype=torch.bfloat16, device=dev) for _ in range(2)]
     P = sms
     bn = {
-        "BN1": pow2(triton.cdiv(NQKV, P)),
-        "BN2": pow2(triton.cdiv(H, P)),
-        "BN3": pow2(triton.cdiv(INTER, P)),
-        "BN4": pow2(triton.cdiv(H, P)),
+        "BN1": triton.next_power_of_2(triton.cdiv(NQKV, P)),
+        "BN2": triton.next_power_of_2(triton.cdiv(H, P)),
+        "BN3": triton.next_power_of_2(triton.cdiv(INTER, P)),
+        "BN4": triton.next_power_of_2(triton.cdiv(H, P)),
     }
     for name, rows in (("BN1", NQKV), ("BN2", H), ("BN3", INTER), ("BN4", H)):
         assert triton.cdiv(rows, bn[name]) <= P, (name, bn[name])
@@ -410,9 +401,9 @@ def main() -> None:
                     A=A,
                     INTER=INTER,
                     **bn,
-                    BKH=pow2(H),
-                    BKA=pow2(A),
-                    BKI=pow2(INTER),
+                    BKH=triton.next_power_of_2(H),
+                    BKA=triton.next_power_of_2(A),
+                    BKI=triton.next_power_of_2(INTER),
                     num_warps=warps,
                     launch_pdl=True,
                 )
