@@ -18,6 +18,9 @@ distinct weights) at each register tile, warps and programs a multiprocessor of 
 `--pdl` chains of empty kernels and of qkv-shaped products with and without dependent
 launch, over distinct weights (from memory) and over one weight (from L2).
 
+`--sass` compiles `linear`'s kernel for sm_90 (no GPU needed) and lists its loads around
+the dependent-launch wait.
+
 The barriers assume every program of the grid is resident at once (one a multiprocessor,
 nothing else on the GPU): fine for a probe, not for product code.
 
@@ -289,13 +292,80 @@ def pdl_overlap(dev, sms: int) -> None:
             print(f"qkv chain, {name}, dependent launch {pdl}: {us:.2f} us a product")
 
 
+def gemv_sass() -> None:
+    """Compile `linear`'s kernel (qkv shape, norm, dependent launch) for sm_90 and print its
+    memory loads and dependent-launch instructions in order, to check that the weights are
+    loaded before `griddepcontrol.wait` (ACQBULK in SASS). Needs Triton, not a GPU."""
+    import subprocess
+    import tempfile
+
+    from triton.backends.compiler import GPUTarget
+
+    kernel = decode_kernels._gemv_kernel
+    constants = {
+        "ROWS": 1,
+        "BLOCK_N": 16,
+        "BLOCK_K": 1024,
+        "NORM": True,
+        "SILU": False,
+        "BIAS": False,
+        "RESIDUAL": False,
+        "PDL": True,
+    }
+    ints = {"stride_x", "stride_res", "stride_out", "n_out", "n_in"}
+    signature = {
+        name: "constexpr"
+        if name in constants
+        else "i32"
+        if name in ints
+        else "fp32"
+        if name == "eps"
+        else "*bf16"
+        for name in kernel.arg_names
+    }
+    # as Triton specialises a launch: pointers 16-byte aligned, sizes and strides multiples of 16
+    aligned = [
+        (i,) for i, name in enumerate(kernel.arg_names) if signature[name] in ("*bf16", "i32")
+    ]
+    source = triton.compiler.ASTSource(
+        fn=kernel,
+        signature=signature,
+        constexprs=constants,
+        attrs={key: [["tt.divisibility", 16]] for key in aligned},
+    )
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        sass = subprocess.run(
+            [str(tools / "cuobjdump"), "-sass", cubin.name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    order = [
+        word
+        for line in sass.splitlines()
+        for word in ("LDG", "ACQBULK", "PREEXIT", "STG")
+        if f" {word}" in line
+    ]
+    wait = order.index("ACQBULK")
+    print(" ".join(order))
+    print(f"{order[:wait].count('LDG')} loads before the wait, {order[wait:].count('LDG')} after")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=28)
     parser.add_argument("--warps", default="8,16")
     parser.add_argument("--products", action="store_true", help="only the product sweep")
     parser.add_argument("--pdl", action="store_true", help="only the dependent-launch chains")
+    parser.add_argument("--sass", action="store_true", help="only the product's SASS (no GPU)")
     args = parser.parse_args()
+    if args.sass:
+        gemv_sass()
+        return
     torch.set_grad_enabled(False)
     dev = torch.device("cuda:0")
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
