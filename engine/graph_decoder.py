@@ -39,6 +39,10 @@ CAPACITY_STEP = 256  # caches grow in these steps, so similar runs reuse their g
 CAPACITY_SLACK = 16
 WARMUP_RUNS = 2  # eager runs before a capture: cuBLAS handles, workspaces, autotuning
 BURST_TRIALS = 12  # replays of each kind of burst when choosing its products
+# attention's decode kernel holds every query row of a KV head in one tile: past this many
+# rows (tokens x query heads per KV head) a forward uses torch's ops (a prompt's prefill)
+KERNEL_ROWS = 512
+PREFILL_CHUNK = 1024  # a long prompt enters the cache in pieces this long
 
 GREEDY, SAMPLED, DEFERRED = "greedy", "sampled", "deferred"  # how a verification chooses
 
@@ -535,7 +539,7 @@ class GraphDecoder:
         # the tokens' cos/sin rows, gathered once for every layer (the rotary kernel then
         # reads them without first waiting for the positions)
         rope = self.rope[device].index_select(0, positions)
-        if self.kernels != "torch":
+        if self.kernels != "torch" and n * self.groups <= KERNEL_ROWS:
             for local, (_, layer) in enumerate(stage.layers):
                 x = self._fused_layer(stage, local, layer, x, positions, rope, products)
             return x
@@ -622,7 +626,7 @@ class GraphDecoder:
             return decode_kernels.linear(
                 x, (self.lm_head, None), norm=self.final_norm, eps=self.eps, pdl=self.pdl
             )
-        if self.kernels != "torch":
+        if self.kernels != "torch" and x.shape[0] * self.groups <= KERNEL_ROWS:
             norm = decode_kernels.rms_norm(x, self.final_norm, self.eps, self.pdl)
             return F.linear(norm, self.lm_head)
         return F.linear(F.rms_norm(x, (self.hidden,), self.final_norm, self.eps), self.lm_head)
@@ -817,17 +821,19 @@ class GraphDecoder:
 
     @torch.inference_mode()
     def prefill(self, token_ids: Sequence[int]) -> torch.Tensor:
-        """Run tokens into the cache eagerly (any count); logits of the last one [1, V]."""
+        """Run tokens into the cache eagerly (any count, in pieces of at most
+        PREFILL_CHUNK); logits of the last one [1, V]."""
         ids = torch.tensor(list(token_ids), dtype=torch.long, device=self.embed_device)
         if self.length[self.head_device].item() + len(ids) > self.capacity:
             raise ValueError(f"{len(ids)} tokens do not fit a cache of {self.capacity}")
         out: dict[str, torch.Tensor] = {}
-        program = self._forward_program(
-            len(ids), lambda device: ids.to(device), lambda lg: out.update(logits=lg), True
-        )
-        program.run()
-        for device in self.devices:
-            self.length[device].add_(len(ids))
+        for piece in ids.split(PREFILL_CHUNK):
+            program = self._forward_program(
+                len(piece), piece.to, lambda lg: out.update(logits=lg), True
+            )
+            program.run()
+            for device in self.devices:
+                self.length[device].add_(len(piece))
         return out["logits"]
 
     @torch.inference_mode()

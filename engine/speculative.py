@@ -128,11 +128,13 @@ class SpeculativeDecoder:
         should_stop: Callable[[], bool] | None = None,
         on_first_token: Callable[[int], None] | None = None,
         on_capture: OnCapture | None = None,
+        on_prefill: Callable[[], None] | None = None,
     ) -> GenerationResult:
         """Generate up to max_new_tokens after the prompt (stopping early at EOS).
 
         `on_first_token` gets the token chosen at the prefill; `on_step` every step after;
-        `on_capture` the progress of capturing graphs, which happens before the prefill.
+        `on_capture` the progress of capturing graphs, which happens before the prefill;
+        `on_prefill` is called once capturing is over, as the prefill begins.
         """
         prompt = list(prompt_ids)
         if not prompt:
@@ -140,7 +142,9 @@ class SpeculativeDecoder:
         if max_new_tokens < 1:
             raise EngineInputError(f"max new tokens must be at least 1, not {max_new_tokens}")
         if self.target_decoder is not None:
-            run = _GraphRun(self, prompt, max_new_tokens, on_step, should_stop, on_capture)
+            run = _GraphRun(
+                self, prompt, max_new_tokens, on_step, should_stop, on_capture, on_prefill
+            )
             try:
                 return run.generate(on_first_token)
             except CaptureError as exc:  # raised before the prefill: nothing ran yet
@@ -151,6 +155,8 @@ class SpeculativeDecoder:
         sampler = TokenSampler(self.temperature, stream_seed(self.seed, VERIFY_STREAM))
         schedule = KSchedule(self.k)
         eos = target.eos_token_ids
+        if on_prefill is not None:
+            on_prefill()
         with torch.inference_mode():
             start = time.perf_counter()
             logits, cache = target.forward(torch.tensor([prompt]), None, last_only=True)
@@ -277,6 +283,7 @@ class _GraphRun:
         on_step: OnStep | None,
         should_stop: Callable[[], bool] | None,
         on_capture: OnCapture | None,
+        on_prefill: Callable[[], None] | None = None,
     ) -> None:
         self.tg: GraphDecoder = decoder.target_decoder  # type: ignore[assignment]
         self.drafter = decoder.drafter
@@ -294,6 +301,7 @@ class _GraphRun:
         self.on_step = on_step
         self.should_stop = should_stop
         self.on_capture = on_capture
+        self.on_prefill = on_prefill
         ks = self.schedule.ks if self.drafting else []
         self.ks = ks
         # an extra queued step may run past the end before the host sees it
@@ -318,6 +326,8 @@ class _GraphRun:
                 self.tokens, self.ks, self.temperature, self.on_capture
             )
             capture_s += draft_capture_s
+        if self.on_prefill is not None:
+            self.on_prefill()
         tg.begin(self.temperature, stream_seed(self.seed, VERIFY_STREAM))
         start = time.perf_counter()
         first = tg.start_target(self.prompt)
@@ -498,6 +508,7 @@ def target_only(
     on_token: Callable[[int], None] | None = None,
     target_decoder: GraphDecoder | None = None,
     on_capture: OnCapture | None = None,
+    on_prefill: Callable[[], None] | None = None,
 ) -> GenerationResult:
     """Plain decoding with the target alone, through the same loop (AL is 1.0); with a
     `target_decoder`, one captured step per token, queued ahead of the host."""
@@ -509,9 +520,16 @@ def target_only(
     decoder = SpeculativeDecoder(target, _NoDrafter(), 1, temperature, seed, target_decoder)
     decoder.k = 0  # no drafts: every step is one target token
     if on_token is None:
-        return decoder.generate(prompt_ids, max_new_tokens, on_capture=on_capture)
+        return decoder.generate(
+            prompt_ids, max_new_tokens, on_capture=on_capture, on_prefill=on_prefill
+        )
     return decoder.generate(
-        prompt_ids, max_new_tokens, on_step, on_first_token=on_token, on_capture=on_capture
+        prompt_ids,
+        max_new_tokens,
+        on_step,
+        on_first_token=on_token,
+        on_capture=on_capture,
+        on_prefill=on_prefill,
     )
 
 

@@ -188,6 +188,7 @@ class _Run:
         self.result: dict | None = None
         self.failure: ev.ErrorEvent | None = None
         self.warming = False  # the warm-up generation's events are not the run's
+        self.warmup_capture: dict = {}  # its capture seconds, added to the first prompt's
         # a session's prompts: running totals only, each prompt's document streamed to the
         # record (prompts.jsonl), so a run of hours holds as much as a run of one prompt
         self.pool = PooledFigures()
@@ -333,6 +334,9 @@ class _Run:
                 self.failure = ev.ErrorEvent(role, f"{role} daemon: {msg['text']}")
             return
         if self.warming and kind in ("step", "token", "status"):
+            if kind == "status" and msg["state"] == "capture":
+                # capturing graphs happens in the warm-up when there is one: shown as such
+                self.emit(ev.StatusEvent(role, "capture", f"warm-up: {msg['text']}"))
             return  # the warm-up generation is neither shown nor recorded
         if kind == "status":
             self.emit(ev.StatusEvent(role, msg["state"], msg["text"]))
@@ -400,8 +404,11 @@ class _Run:
         req, work = self.request, self.request.workload
         if self.warming:
             self.warming = False
+            self.warmup_capture = _capture_figures(generation)
             self._start_workload(supervisor)
             return
+        generation = _with_capture(generation, self.warmup_capture)
+        self.warmup_capture = {}
         if not req.session:
             self.result = self._document(generation)
             return
@@ -642,3 +649,30 @@ def _wait_exit(daemon: Daemon, timeout_s: float) -> int | None:
             return status
         time.sleep(0.02)
     return None
+
+
+def _capture_figures(generation: dict) -> dict:
+    """A generation's seconds capturing graphs: in all and per role."""
+    paths = generation.get("decode_paths") or {}
+    return {
+        "capture_s": generation.get("capture_s") or 0.0,
+        "roles": {role: (path or {}).get("capture_s") or 0.0 for role, path in paths.items()},
+    }
+
+
+def _with_capture(generation: dict, earlier: dict) -> dict:
+    """`generation` with `earlier` capture seconds (the warm-up's) added to its own."""
+    if not earlier or not earlier["capture_s"]:
+        return generation
+    paths = {
+        role: {
+            **path,
+            "capture_s": (path.get("capture_s") or 0.0) + earlier["roles"].get(role, 0.0),
+        }
+        for role, path in (generation.get("decode_paths") or {}).items()
+    }
+    return {
+        **generation,
+        "capture_s": (generation.get("capture_s") or 0.0) + earlier["capture_s"],
+        **({"decode_paths": paths} if paths else {}),
+    }

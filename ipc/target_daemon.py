@@ -252,7 +252,6 @@ class TargetDaemon:
                 }
                 tel.emit("step", fields, {"token_ids": np.asarray(new_ids, dtype=np.int64)})
 
-            tel.status("prefill", f"prefill of {len(prompt_ids)} prompt tokens")
             result = decoder.generate(
                 prompt_ids,
                 options["max_new_tokens"],
@@ -260,6 +259,9 @@ class TargetDaemon:
                 should_stop=self._should_stop,
                 on_first_token=on_first,
                 on_capture=self._on_capture,
+                on_prefill=lambda: tel.status(
+                    "prefill", f"prefill of {len(prompt_ids)} prompt tokens"
+                ),
             )
             if decoder.fallback is not None:  # capture failed: transformers from now on
                 self._leave_graphs(decoder.fallback)
@@ -331,7 +333,6 @@ class TargetDaemon:
     def _baseline(self, prompt_ids: list[int], options: dict[str, Any], target_only: Any):
         """Target-only decoding of the same prompt, for the speedup."""
         tel = self.telemetry
-        tel.status("decode", "baseline: target-only decoding")
         tokenizer = self.target.tokenizer
         clock = {"start": time.perf_counter(), "new": 0}
 
@@ -357,6 +358,7 @@ class TargetDaemon:
             on_token=on_token,
             target_decoder=self.target_decoder,
             on_capture=self._on_capture,
+            on_prefill=lambda: tel.status("decode", "baseline: target-only decoding"),
         )
 
     # -- decode paths ------------------------------------------------------------------

@@ -238,6 +238,7 @@ class RunProgress:
             elif event.state == "decode" and event.text.startswith("baseline"):
                 self.phase("target only", reset=True)
             elif event.state == "decode":
+                self.phase("speculative")  # what a capture's label said is over
                 self.first_token(0)
         elif isinstance(event, events.StepEvent):
             self.step(event.step, list(event.token_ids))

@@ -71,6 +71,27 @@ def test_greedy_speculative_equals_target_only_float32(name, k):
     assert result.capture_s >= 0 and result.decode_tokens_per_s
 
 
+@pytest.mark.parametrize("length", [200, 1500])
+def test_long_prompts_prefill_in_pieces_and_stay_exact(length):
+    """200 tokens x 2 query heads a KV head fit attention's decode kernel; 1,500 go through
+    torch's ops in two pieces. Both: transformers' logits, and speculative = target-only."""
+    target = on_gpu(qwen3(max_position_embeddings=4096))
+    prompt = torch.randint(0, 97, (length,), generator=torch.Generator().manual_seed(5)).tolist()
+    full = reference_logits(target.model, prompt)
+    graphs = GraphDecoder(target.model)
+    assert graphs.kernels != "torch", graphs.kernels_reason
+    graphs.prepare(length + 64, steps=True)
+    graphs.begin(0.0, 0)
+    torch.testing.assert_close(graphs.prefill(prompt)[0], full[-1], rtol=1e-3, atol=1e-3)
+    alone = target_only(target, prompt, 24, 0.0, 0, target_decoder=graphs)
+    assert alone.output_ids == target_only(target, prompt, 24, 0.0, 0).output_ids
+    twin = LocalDrafter(on_gpu(qwen3(max_position_embeddings=4096)))
+    spec = SpeculativeDecoder(target, twin, 4, 0.0, 0, target_decoder=graphs)
+    result = spec.generate(prompt, 24)
+    assert result.output_ids == alone.output_ids
+    assert all(s.accepted == s.drafted for s in result.steps)
+
+
 def test_a_twin_draft_is_always_accepted_on_the_gpu():
     target, twin = on_gpu(qwen3()), on_gpu(qwen3())
     graphs = GraphDecoder(target.model)

@@ -103,6 +103,52 @@ def test_a_twin_draft_is_always_accepted_and_the_budget_is_exact():
     assert [s.committed for s in result.steps][:4] == [5, 5, 5, 5]
 
 
+@pytest.mark.parametrize("k", [1, 4])
+def test_a_one_token_prompt_drafts_from_position_zero(k):
+    """A one-token prompt leaves the draft's burst nothing before its last token: a twin
+    draft still proposes exactly what the target decodes, every draft accepted."""
+    target = loaded(qwen3())
+    reference = target_only(target, CONTEXT[:1], 12, 0.0, 0)
+    graphs = GraphDecoder(target.model, capture=False)
+    drafter = LocalDrafter(loaded(qwen3()), graphs=True)
+    result = SpeculativeDecoder(target, drafter, k, 0.0, 0, target_decoder=graphs).generate(
+        CONTEXT[:1], 12
+    )
+    assert result.output_ids == reference.output_ids
+    assert all(s.accepted == s.drafted for s in result.steps)
+
+
+def test_a_prompt_longer_than_a_piece_prefills_in_pieces(monkeypatch):
+    monkeypatch.setattr(graph_decoder, "PREFILL_CHUNK", 3)
+    model = qwen3()
+    full = reference_logits(model, CONTEXT)
+    decoder = GraphDecoder(model, capture=False)
+    decoder.prepare(64, steps=True)
+    decoder.begin(0.0, 0)
+    torch.testing.assert_close(decoder.prefill(CONTEXT[:10])[0], full[9], rtol=1e-4, atol=1e-5)
+    assert int(decoder.length[decoder.head_device]) == 10
+    target = loaded(model)
+    alone = target_only(target, CONTEXT, 20, 0.0, 0, target_decoder=decoder)
+    assert alone.output_ids == target_only(target, CONTEXT, 20, 0.0, 0).output_ids
+
+
+@pytest.mark.parametrize("drafting", [True, False])
+def test_capturing_is_over_before_the_prefill_begins(drafting):
+    target = loaded(llama())
+    graphs = GraphDecoder(target.model, capture=False)
+    seen: list[str] = []
+    options = dict(on_capture=seen.append, on_prefill=lambda: seen.append("prefill"))
+    if drafting:
+        drafter = LocalDrafter(loaded(small_draft()), graphs=True)
+        SpeculativeDecoder(target, drafter, 3, 0.0, 0, target_decoder=graphs).generate(
+            CONTEXT, 8, **options
+        )
+    else:
+        target_only(target, CONTEXT, 8, 0.0, 0, target_decoder=graphs, **options)
+    assert seen[-1] == "prefill" and seen.count("prefill") == 1
+    assert len(seen) > 1 and all(text.startswith("capturing") for text in seen[:-1]), seen
+
+
 def test_prepare_reuses_what_it_captured_and_grows_for_longer_runs():
     decoder = GraphDecoder(llama(), capture=False)
     decoder.prepare(100, steps=True, verify_ks=[2])
