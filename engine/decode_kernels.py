@@ -53,6 +53,7 @@ def pdl_available(device: torch.device) -> bool:
     return (
         triton is not None
         and device.type == "cuda"
+        and torch.cuda.is_available()
         and torch.cuda.get_device_capability(device)[0] >= 9
     )
 

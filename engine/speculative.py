@@ -155,6 +155,10 @@ class SpeculativeDecoder:
         sampler = TokenSampler(self.temperature, stream_seed(self.seed, VERIFY_STREAM))
         schedule = KSchedule(self.k)
         eos = target.eos_token_ids
+        draft_capture_s = 0.0
+        if schedule.k > 0:  # a GPU draft beside a target off the graph path: captured now
+            context = len(prompt) + max_new_tokens + max(schedule.ks) + 2
+            draft_capture_s = drafter.prepare(context, schedule.ks, self.temperature, on_capture)
         if on_prefill is not None:
             on_prefill()
         with torch.inference_mode():
@@ -225,6 +229,8 @@ class SpeculativeDecoder:
             wall_s=end - start,
             k_history=[s.k for s in steps],
             stop_reason=stop_reason,
+            capture_s=draft_capture_s,
+            draft_capture_s=draft_capture_s,
         )
 
     def _verify(self, logits: torch.Tensor, drafts: list[int], proposal: Proposal, sampler):
@@ -289,11 +295,10 @@ class _GraphRun:
         self.drafter = decoder.drafter
         self.schedule = KSchedule(decoder.k)
         self.drafting = self.schedule.k > 0
-        self.dg: GraphDecoder | None = getattr(self.drafter, "graph", None)
         self.temperature = decoder.temperature
         self.seed = decoder.seed
         greedy = decoder.temperature <= 0
-        self.mode = GREEDY if greedy else (SAMPLED if self.dg is not None else DEFERRED)
+        self._draft_graph()
         self.step_mode = GREEDY if greedy else SAMPLED
         self.eos = decoder.target.eos_token_ids
         self.prompt = prompt
@@ -311,21 +316,27 @@ class _GraphRun:
         self.stats = AcceptanceStats()
         self.stop_reason = "max_new_tokens"
 
+    def _draft_graph(self) -> None:
+        """The draft's graphs, if it has them, and how verifications choose with them."""
+        self.dg: GraphDecoder | None = getattr(self.drafter, "graph", None)
+        greedy = self.temperature <= 0
+        self.mode = GREEDY if greedy else (SAMPLED if self.dg is not None else DEFERRED)
+
     def generate(self, on_first_token: Callable[[int], None] | None) -> GenerationResult:
         tg, drafter = self.tg, self.drafter
-        capture_s = tg.prepare(
+        draft_capture_s = 0.0
+        if self.drafting:  # first: a draft whose capture fails drafts lean, verified deferred
+            draft_capture_s = drafter.prepare(
+                self.tokens, self.ks, self.temperature, self.on_capture
+            )
+            self._draft_graph()
+        capture_s = draft_capture_s + tg.prepare(
             self.tokens,
             steps=not self.drafting,
             verify_ks=self.ks,
             mode=self.mode,
             on_progress=self.on_capture,
         )
-        draft_capture_s = 0.0
-        if self.drafting:
-            draft_capture_s = drafter.prepare(
-                self.tokens, self.ks, self.temperature, self.on_capture
-            )
-            capture_s += draft_capture_s
         if self.on_prefill is not None:
             self.on_prefill()
         tg.begin(self.temperature, stream_seed(self.seed, VERIFY_STREAM))

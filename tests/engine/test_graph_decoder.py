@@ -149,6 +149,41 @@ def test_capturing_is_over_before_the_prefill_begins(drafting):
     assert len(seen) > 1 and all(text.startswith("capturing") for text in seen[:-1]), seen
 
 
+def test_a_graph_draft_beside_a_target_off_the_graph_path_captures_before_the_prefill():
+    target = loaded(llama())
+    drafter = LocalDrafter(loaded(small_draft()), graphs=True)
+    seen: list[str] = []
+    result = SpeculativeDecoder(target, drafter, 3, 0.0, 0).generate(
+        CONTEXT, 12, on_capture=seen.append, on_prefill=lambda: seen.append("prefill")
+    )
+    assert result.output_ids == target_only(target, CONTEXT, 12, 0.0, 0).output_ids
+    assert seen[-1] == "prefill" and any("burst k=3" in text for text in seen)
+    assert result.capture_s == result.draft_capture_s > 0
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_a_draft_whose_capture_fails_drafts_lean_in_the_same_run(monkeypatch, temperature):
+    target = loaded(llama())
+    graphs = GraphDecoder(target.model, capture=False)
+    drafter = LocalDrafter(loaded(small_draft()), graphs=True)
+    real = GraphDecoder.prepare
+
+    def prepare(self, tokens, **options):
+        if self is drafter.graph and options.get("burst_ks"):
+            raise graph_decoder.CaptureError("capturing burst failed: out of memory")
+        return real(self, tokens, **options)
+
+    monkeypatch.setattr(GraphDecoder, "prepare", prepare)
+    decoder = SpeculativeDecoder(target, drafter, 3, temperature, 7, target_decoder=graphs)
+    result = decoder.generate(CONTEXT, 20)
+    assert drafter.graph is None and drafter.decode_path == "lean"
+    assert "out of memory" in drafter.path.reason
+    if temperature == 0.0:
+        assert result.output_ids == target_only(target, CONTEXT, 20, 0.0, 0).output_ids
+    else:
+        assert len(result.output_ids) == 20
+
+
 def test_prepare_reuses_what_it_captured_and_grows_for_longer_runs():
     decoder = GraphDecoder(llama(), capture=False)
     decoder.prepare(100, steps=True, verify_ks=[2])
