@@ -321,6 +321,22 @@ def done_summary(result: Mapping) -> str:
     return summary
 
 
+def decode_paths_text(result: Mapping) -> str | None:
+    """`decode paths: target cuda-graph (captured in 1.6 s); draft lean (no CUDA)`, as the
+    run ended (a role that left its graphs mid-run says so), or None without them."""
+    paths = result.get("decode_paths") or {}
+    parts = []
+    for role in ("target", "draft"):
+        path = paths.get(role) or {}
+        if not path.get("path"):
+            continue
+        notes = [path["reason"]] if path.get("reason") else []
+        if path.get("capture_s"):
+            notes.append(f"captured in {path['capture_s']:.1f} s")
+        parts.append(f"{role} {path['path']}" + (f" ({'; '.join(notes)})" if notes else ""))
+    return "decode paths: " + "; ".join(parts) if parts else None
+
+
 class LiveRun:
     """The dashboard's one run at a time: launched from a spec, followed, stopped.
 
@@ -656,6 +672,9 @@ class LiveRun:
             self.view.finish_output(self.output)
         summary = done_summary(result)
         self.view.add_log(summary)
+        paths = decode_paths_text(result)
+        if paths is not None:
+            self.view.add_log(paths)
         self.view.notify(summary.removeprefix("done: "), title="run done")
 
     def _run_over(self, state: str) -> None:

@@ -8,7 +8,7 @@ import psutil
 import pytest
 
 from app.config import load_config
-from app.run_control import LiveRun, RunningDaemon, done_summary
+from app.run_control import LiveRun, RunningDaemon, decode_paths_text, done_summary
 from backends.discovery import discover
 from engine.metrics import StepRecord
 from ipc import events as ev
@@ -146,6 +146,9 @@ def test_a_split_run_streams_its_figures_and_text_then_ends_done(tiny_pair, tmp_
         view.notices
     )
     assert ("info", "run", "done") in view.log and not [n for n in view.notices if n[1] == "error"]
+    paths = [text for _, _, text in view.log if text.startswith("decode paths: ")]
+    assert paths and paths[-1].startswith("decode paths: target transformers (")
+    assert "draft lean (" in paths[-1]  # the CPU's paths, each with why it is not cuda-graph
 
 
 @pytest.mark.slow
@@ -239,3 +242,17 @@ def test_a_finished_run_ends_on_its_last_event_or_without_one_that_was_lost(tmp_
     handle.finished = True
     live.notice_end()
     assert not live.busy and live.outcome == "stopped" and view.statuses[-1] == "stopped"
+
+
+def test_decode_paths_read_as_the_run_ended():
+    result = {
+        "decode_paths": {
+            "target": {"path": "cuda-graph", "reason": None, "capture_s": 1.62},
+            "draft": {"path": "lean", "reason": "capturing burst failed: out of memory"},
+        }
+    }
+    assert decode_paths_text(result) == (
+        "decode paths: target cuda-graph (captured in 1.6 s); "
+        "draft lean (capturing burst failed: out of memory)"
+    )
+    assert decode_paths_text({"decode_paths": {}}) is None and decode_paths_text({}) is None
