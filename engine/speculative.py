@@ -54,6 +54,7 @@ class GenerationResult:
     stop_reason: str = "max_new_tokens"  # or "eos" or "stopped"
     capture_s: float = 0.0  # graphs captured before the prefill (not in prefill or decode)
     draft_capture_s: float = 0.0  # the drafter's part of capture_s
+    fallback: str | None = None  # why the target left the graph path in this generation
 
     @property
     def new_tokens(self) -> int:
@@ -231,6 +232,7 @@ class SpeculativeDecoder:
             stop_reason=stop_reason,
             capture_s=draft_capture_s,
             draft_capture_s=draft_capture_s,
+            fallback=self.fallback,
         )
 
     def _verify(self, logits: torch.Tensor, drafts: list[int], proposal: Proposal, sampler):

@@ -268,6 +268,8 @@ class TargetDaemon:
             baseline = None
             if options["baseline"] and not self._stop:
                 baseline = self._baseline(prompt_ids, options, target_only)
+                if baseline.fallback is not None:  # its step failed to capture
+                    self._leave_graphs(baseline.fallback)
             text = tokenizer.decode(result.output_ids, skip_special_tokens=True)
             doc = generation_document(
                 result,

@@ -33,13 +33,24 @@ def test_greedy_on_one_gpu_equals_target_only(tiny_pair):
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_layer_split_over_two_gpus_gives_the_same_tokens(tiny_pair):
+    """On transformers' path and on the graph path, whose target is then one captured
+    graph per device segment (float32: the same tokens as the whole model on one card)."""
+    from engine.graph_decoder import open_graph_decoder
+
     info = describe_model(tiny_pair[0])
-    whole = load_model(info, ["cuda:0"])
-    split = load_model(info, ["cuda:0", "cuda:1"])
-    draft = load_model(describe_model(tiny_pair[1]), ["cuda:1"])
+    whole = load_model(info, ["cuda:0"], dtype="float32")
+    split = load_model(info, ["cuda:0", "cuda:1"], dtype="float32")
+    draft = load_model(describe_model(tiny_pair[1]), ["cuda:1"], dtype="float32")
     assert {p.device.index for p in split.model.parameters()} == {0, 1}
     ids = list(whole.tokenizer("class Path:")["input_ids"])
-    assert generate(split, draft, ids).output_ids == generate(whole, draft, ids).output_ids
+    want = generate(whole, draft, ids).output_ids
+    assert generate(split, draft, ids).output_ids == want
+    graphs, path = open_graph_decoder(split.model)
+    assert path.name == "cuda-graph", path.reason
+    assert {device.index for device in graphs.devices} == {0, 1} and len(graphs.stages) >= 2
+    spec = SpeculativeDecoder(split, LocalDrafter(draft), 4, 0.0, 0, target_decoder=graphs)
+    assert spec.generate(ids, 32).output_ids == want
+    assert target_only(split, ids, 32, 0.0, 0, target_decoder=graphs).output_ids == want
 
 
 @pytest.mark.skipif(

@@ -184,6 +184,20 @@ def test_a_draft_whose_capture_fails_drafts_lean_in_the_same_run(monkeypatch, te
         assert len(result.output_ids) == 20
 
 
+def test_a_target_whose_capture_fails_decodes_through_transformers_and_says_why(monkeypatch):
+    target = loaded(llama())
+    graphs = GraphDecoder(target.model, capture=False)
+
+    def prepare(self, tokens, **options):
+        raise graph_decoder.CaptureError("capturing step failed: out of memory")
+
+    monkeypatch.setattr(GraphDecoder, "prepare", prepare)
+    alone = target_only(target, CONTEXT, 12, 0.0, 0, target_decoder=graphs)
+    assert alone.fallback == "capturing step failed: out of memory"
+    assert alone.output_ids == target_only(target, CONTEXT, 12, 0.0, 0).output_ids
+    assert target_only(target, CONTEXT, 12, 0.0, 0).fallback is None
+
+
 def test_prepare_reuses_what_it_captured_and_grows_for_longer_runs():
     decoder = GraphDecoder(llama(), capture=False)
     decoder.prepare(100, steps=True, verify_ks=[2])
