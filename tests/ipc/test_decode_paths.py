@@ -100,3 +100,22 @@ def test_the_warm_ups_capture_seconds_count_in_the_first_prompts():
     assert first["capture_s"] == 0.25  # the daemon's own document is left as it was
     assert _with_capture(first, {}) is first
     assert _with_capture(first, _capture_figures({"capture_s": 0.0})) is first
+
+
+def test_the_warm_ups_capture_progress_is_shown_and_its_decoding_is_not():
+    from ipc import events as ev
+    from ipc.runner import _Run
+    from ipc.supervisor import Incoming
+
+    seen: list = []
+    run = _Run(None, None, None, None, {}, None, seen.append, "", 1.0)
+    run.warming = True
+
+    def status(state: str, text: str) -> Incoming:
+        frames = codec.encode("status", {"role": "target", "state": state, "text": text})
+        return Incoming("target", "telemetry", codec.decode(frames))
+
+    for state, text in (("capture", "capturing verify k=4 (1/2)"), ("prefill", "of 9"),
+                        ("decode", "decoding")):  # fmt: skip
+        run._handle(None, status(state, text))
+    assert seen == [ev.StatusEvent("target", "capture", "warm-up: capturing verify k=4 (1/2)")]
