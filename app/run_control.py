@@ -322,7 +322,8 @@ def done_summary(result: Mapping) -> str:
 
 
 def decode_paths_text(result: Mapping) -> str | None:
-    """`decode paths: target cuda-graph (captured in 1.6 s); draft lean (no CUDA)`, as the
+    """`decode paths: target cuda-graph [triton] (captured in 1.6 s); draft lean (no CUDA)`:
+    each role's path, its graphs' kernels, why not faster and its capture seconds, as the
     run ended (a role that left its graphs mid-run says so), or None without them."""
     paths = result.get("decode_paths") or {}
     parts = []
@@ -333,7 +334,12 @@ def decode_paths_text(result: Mapping) -> str | None:
         notes = [path["reason"]] if path.get("reason") else []
         if path.get("capture_s"):
             notes.append(f"captured in {path['capture_s']:.1f} s")
-        parts.append(f"{role} {path['path']}" + (f" ({'; '.join(notes)})" if notes else ""))
+        if path.get("kernels_reason"):
+            notes.append(path["kernels_reason"])
+        kernels = f" [{path['kernels']}]" if path.get("kernels") else ""
+        parts.append(
+            f"{role} {path['path']}{kernels}" + (f" ({'; '.join(notes)})" if notes else "")
+        )
     return "decode paths: " + "; ".join(parts) if parts else None
 
 

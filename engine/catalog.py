@@ -68,29 +68,35 @@ class ModelInfo:
     context_length: int | None = None  # tokens the model can attend to (config.json)
     problem: str | None = None  # why this folder cannot load (a catalog entry shown as broken)
 
-    def load_dtype(self, on_cpu: bool) -> str | None:
+    def load_dtype(self, on_cpu: bool, draft: bool = False) -> str | None:
         """The dtype this model loads in by default (None: the checkpoint's own).
 
         Half checkpoints load as float32 on the CPU (its half kernels are slow or missing) and,
-        when small, on GPUs too: there float32 costs little, and it keeps greedy speculative
-        decoding token-for-token equal to target-only decoding, which half precision can break
-        on near-ties because a k-token verification and a one-token step round differently.
+        as a small target, on GPUs too: there float32 costs little, and it keeps greedy
+        speculative decoding token-for-token equal to target-only decoding, which half
+        precision can break on near-ties because a k-token verification and a one-token step
+        round differently. A `draft` on a GPU keeps its half dtype: its rounding cannot change
+        the output (the target verifies every token), and float32 would double the bytes each
+        draft token reads.
         """
-        if self.dtype in HALF_DTYPES and (on_cpu or (self.parameters or 0) < FLOAT32_BELOW):
+        if self.dtype not in HALF_DTYPES:
+            return None
+        if on_cpu or (not draft and (self.parameters or 0) < FLOAT32_BELOW):
             return "float32"
         return None
 
-    def resident_bytes(self, on_cpu: bool) -> int:
-        """Weight bytes once loaded in the default dtype."""
-        widened = self.load_dtype(on_cpu) == "float32" and self.dtype in HALF_DTYPES
+    def resident_bytes(self, on_cpu: bool, draft: bool = False) -> int:
+        """Weight bytes once loaded in the default dtype (for this role)."""
+        widened = self.load_dtype(on_cpu, draft) == "float32" and self.dtype in HALF_DTYPES
         return self.size_bytes * 2 if widened else self.size_bytes
 
-    def weight_bytes_on(self, devices: Sequence[Any]) -> int:
-        """Weight bytes on these devices (`backends.base.Device`s): the one estimate that the
-        CLI and the dashboard judge a fit by. A simulated GPU counts as the GPU it stands for,
-        so that a placement tried on a laptop says whether it would fit the real card."""
+    def weight_bytes_on(self, devices: Sequence[Any], draft: bool = False) -> int:
+        """Weight bytes on these devices (`backends.base.Device`s) as the target (or the
+        `draft`): the one estimate that the CLI and the dashboard judge a fit by. A simulated
+        GPU counts as the GPU it stands for, so that a placement tried on a laptop says
+        whether it would fit the real card."""
         on_cpu = bool(devices) and all(getattr(d, "backend", None) == "cpu" for d in devices)
-        return self.resident_bytes(on_cpu=on_cpu)
+        return self.resident_bytes(on_cpu=on_cpu, draft=draft)
 
     def as_json(self) -> dict:
         """The `specdeck models --json` entry."""

@@ -58,9 +58,27 @@ class DecodePath:
     name: str  # "cuda-graph", "lean" or "transformers"
     reason: str | None = None  # why the role is not on the cuda-graph path (None: it is)
     capture_s: float = 0.0
+    # on the cuda-graph path: which kernels its graphs hold ("triton-gemv", "triton" or
+    # "torch", fastest first; GraphDecoder.kernels) and why not the fastest
+    kernels: str | None = None
+    kernels_reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.name, "reason": self.reason, "capture_s": self.capture_s}
+        doc = {"path": self.name, "reason": self.reason, "capture_s": self.capture_s}
+        if self.kernels is not None:
+            doc.update(kernels=self.kernels, kernels_reason=self.kernels_reason)
+        return doc
+
+
+def graph_path(decoder: GraphDecoder, capture_s: float = 0.0) -> DecodePath:
+    """The cuda-graph path of `decoder`, naming its kernels (and, once a draft's bursts
+    were timed both ways, when they multiply through cuBLAS rather than Triton)."""
+    reasons = [decoder.kernels_reason] if decoder.kernels_reason else []
+    if decoder.gemv and decoder.burst_products is False:
+        ms = decoder.burst_products_ms
+        timed = f": {ms['cublas']:.2f} against {ms['triton']:.2f} ms" if len(ms) == 2 else ""
+        reasons.append(f"bursts multiply through cuBLAS{timed}")
+    return DecodePath("cuda-graph", None, capture_s, decoder.kernels, "; ".join(reasons) or None)
 
 
 def graph_unsupported(model: Any) -> str | None:
@@ -81,7 +99,8 @@ def open_graph_decoder(model: Any) -> tuple[GraphDecoder | None, DecodePath]:
     reason = graph_unsupported(model)
     if reason is None:
         try:
-            return GraphDecoder(model), DecodePath("cuda-graph")
+            decoder = GraphDecoder(model)
+            return decoder, graph_path(decoder)
         except (ValueError, RuntimeError) as exc:
             reason = str(exc).strip().splitlines()[0]
     return None, DecodePath("transformers", reason)

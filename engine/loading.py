@@ -132,8 +132,10 @@ def load_model(
     torch_devices: Sequence[str],
     dtype: str | torch.dtype | None = None,
     trust_remote_code: bool = False,
+    draft: bool = False,
 ) -> LoadedModel:
-    """Load model and tokenizer; several devices get a layer split (embeddings first)."""
+    """Load model and tokenizer; several devices get a layer split (embeddings first).
+    `draft`: loaded as a draft (its default dtype: `ModelInfo.load_dtype`)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     devices = tuple(torch_devices)
@@ -144,7 +146,7 @@ def load_model(
         device_map = _device_map(config, devices, trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             info.path,
-            dtype=_load_dtype(info, devices, dtype),
+            dtype=_load_dtype(info, devices, dtype, draft),
             device_map=device_map,
             trust_remote_code=trust_remote_code,
         )
@@ -165,10 +167,14 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, devices=devices)
 
 
-def _load_dtype(info: ModelInfo, devices: tuple[str, ...], dtype: str | torch.dtype | None):
-    """Asked dtype, else the catalog's default for these devices, else the checkpoint's own."""
+def _load_dtype(
+    info: ModelInfo, devices: tuple[str, ...], dtype: str | torch.dtype | None, draft: bool
+):
+    """Asked dtype, else the catalog's default for these devices and this role, else the
+    checkpoint's own."""
     if dtype is None:
-        dtype = info.load_dtype(on_cpu=all(torch.device(d).type == "cpu" for d in devices))
+        on_cpu = all(torch.device(d).type == "cpu" for d in devices)
+        dtype = info.load_dtype(on_cpu=on_cpu, draft=draft)
     if dtype is None:
         return "auto"
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype

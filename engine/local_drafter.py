@@ -16,6 +16,7 @@ from engine.graph_decoder import (
     CaptureError,
     DecodePath,
     GraphDecoder,
+    graph_path,
     graph_unsupported,
 )
 from engine.loading import LoadedModel
@@ -51,7 +52,7 @@ class LocalDrafter(Drafter):
             not_graph = "CUDA graphs are turned off"
         if lean and (not_graph is None or (graphs and lean_unsupported(model) is None)):
             self.graph = GraphDecoder(model, capture=not_graph is None)
-            self._path = DecodePath("cuda-graph")
+            self._path = graph_path(self.graph)
             self._decoder = None
         else:
             self._decoder = open_decoder(loaded, lean, matmul)
@@ -114,7 +115,7 @@ class LocalDrafter(Drafter):
             self._decoder = open_decoder(self.loaded, True, "auto")
             self._path = DecodePath("lean", str(exc))
             return time.perf_counter() - start
-        self._path = DecodePath("cuda-graph", None, seconds)
+        self._path = graph_path(self.graph, seconds)
         return seconds
 
     def begin(self, prompt_ids: list[int], temperature: float, seed: int | None) -> None:

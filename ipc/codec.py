@@ -167,7 +167,13 @@ SCHEMAS: dict[str, Schema] = {
             "torch_build": "str",
             "pid": "int",
         },
-        optional={"decode_path": "str", "decode_path_reason": "str?", "context_tokens": "int?"},
+        optional={
+            "decode_path": "str",
+            "decode_path_reason": "str?",
+            "decode_kernels": "str",
+            "decode_kernels_reason": "str?",
+            "context_tokens": "int?",
+        },
     ),
     "ok": Schema(optional={"compute_s": "float", "capture_s": "float"}),
     "proposal": Schema(

@@ -164,10 +164,9 @@ class DraftDaemon:
         if self.telemetry is not None:
             on_progress = lambda text: self.telemetry.status("capture", text)  # noqa: E731
         capture_s = self.drafter.prepare(context, ks, float(temperature), on_progress)
-        path = getattr(self.drafter, "path", None)
-        if path is not None:
-            self.welcome["decode_path"] = path.name
-            self.welcome["decode_path_reason"] = path.reason
+        for key in ("decode_kernels", "decode_kernels_reason"):  # a capture may have failed
+            self.welcome.pop(key, None)
+        self.welcome.update(decode_path_facts(self.drafter))
         fields = {"compute_s": time.perf_counter() - t0, "capture_s": float(capture_s)}
         return codec.encode("ok", fields, id=msg.id)
 
@@ -222,7 +221,10 @@ def decode_path_facts(drafter: Any) -> dict[str, Any]:
     path = getattr(drafter, "path", None)
     if path is None:
         return {}
-    return {"decode_path": path.name, "decode_path_reason": path.reason}
+    facts = {"decode_path": path.name, "decode_path_reason": path.reason}
+    if path.kernels is not None:
+        facts.update(decode_kernels=path.kernels, decode_kernels_reason=path.kernels_reason)
+    return facts
 
 
 def load_drafter(model: str, torch_devices: tuple[str, ...], trust_remote_code: bool):
@@ -232,7 +234,7 @@ def load_drafter(model: str, torch_devices: tuple[str, ...], trust_remote_code: 
     from engine.local_drafter import LocalDrafter
 
     info = resolve_model(model, ())
-    loaded = load_model(info, list(torch_devices), trust_remote_code=trust_remote_code)
+    loaded = load_model(info, list(torch_devices), trust_remote_code=trust_remote_code, draft=True)
     return LocalDrafter(loaded), loaded
 
 

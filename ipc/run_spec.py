@@ -523,7 +523,7 @@ def place(
         by_id,
         mode=mode,
         target_bytes=target.weight_bytes_on([by_id.get(i) for i in placement.target]),
-        draft_bytes=draft.weight_bytes_on([by_id.get(placement.draft)]),
+        draft_bytes=draft.weight_bytes_on([by_id.get(placement.draft)], draft=True),
         free_bytes={i: _free_bytes(inventory, by_id[i]) for i in ids if i in by_id},
     )
     return placement, {i: by_id[i] for i in ids}, mode

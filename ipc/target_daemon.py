@@ -375,10 +375,16 @@ class TargetDaemon:
         if path is not None:
             return path.as_dict()
         welcome = getattr(self.drafter, "welcome", {}) or {}
+        kernels = welcome.get("decode_kernels")
         return {
             "path": welcome.get("decode_path"),
             "reason": welcome.get("decode_path_reason"),
             "capture_s": float(getattr(self.drafter, "capture_s", 0.0)),
+            **(
+                {"kernels": kernels, "kernels_reason": welcome.get("decode_kernels_reason")}
+                if kernels is not None
+                else {}
+            ),
         }
 
     def _say_decode_paths(self) -> None:

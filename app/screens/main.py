@@ -272,8 +272,10 @@ class MainScreen(Screen):
         # the catalog's estimate, as the CLI judges a fit (ModelInfo.weight_bytes_on): on GPUs
         # (simulated ones too) and on the CPU; the board picks by the cards
         self.board = self.board.with_models(
-            *(m.resident_bytes(on_cpu=False) if m else None for m in (target, draft)),
-            *(m.resident_bytes(on_cpu=True) if m else None for m in (target, draft)),
+            target.resident_bytes(on_cpu=False) if target else None,
+            draft.resident_bytes(on_cpu=False, draft=True) if draft else None,
+            target.resident_bytes(on_cpu=True) if target else None,
+            draft.resident_bytes(on_cpu=True, draft=True) if draft else None,
         )
         self._show_shortfall()
 

@@ -247,12 +247,22 @@ def test_a_finished_run_ends_on_its_last_event_or_without_one_that_was_lost(tmp_
 def test_decode_paths_read_as_the_run_ended():
     result = {
         "decode_paths": {
-            "target": {"path": "cuda-graph", "reason": None, "capture_s": 1.62},
+            "target": {
+                "path": "cuda-graph",
+                "reason": None,
+                "capture_s": 1.62,
+                "kernels": "triton",
+            },
             "draft": {"path": "lean", "reason": "capturing burst failed: out of memory"},
         }
     }
     assert decode_paths_text(result) == (
-        "decode paths: target cuda-graph (captured in 1.6 s); "
+        "decode paths: target cuda-graph [triton] (captured in 1.6 s); "
         "draft lean (capturing burst failed: out of memory)"
+    )
+    slow = {"path": "cuda-graph", "reason": None, "capture_s": 0.0, "kernels": "torch",
+            "kernels_reason": "Triton is not installed"}  # fmt: skip
+    assert decode_paths_text({"decode_paths": {"draft": slow}}) == (
+        "decode paths: draft cuda-graph [torch] (Triton is not installed)"
     )
     assert decode_paths_text({"decode_paths": {}}) is None and decode_paths_text({}) is None

@@ -14,6 +14,7 @@ from engine.graph_decoder import (
     GREEDY,
     DecodePath,
     GraphDecoder,
+    graph_path,
     graph_unsupported,
     open_graph_decoder,
 )
@@ -284,3 +285,20 @@ def test_decode_paths_are_named_with_their_reasons():
         "reason": drafter.path.reason,
         "capture_s": 0.0,
     }
+    # on the graph path (eager here) the path names the kernels its graphs hold, and why
+    # not the fastest: a role that falls back to torch's ops inside its graphs says so
+    graph_drafter = LocalDrafter(loaded(llama()), graphs=True)
+    assert graph_drafter.path.as_dict() == {
+        "path": "cuda-graph",
+        "reason": None,
+        "capture_s": 0.0,
+        "kernels": "torch",
+        "kernels_reason": graph_drafter.graph.kernels_reason,
+    }
+    assert graph_drafter.graph.kernels_reason  # Triton missing, or not on CUDA
+    decoder = graph_drafter.graph
+    decoder.gemv, decoder.burst_products = True, False
+    decoder.burst_products_ms = {"triton": 1.5, "cublas": 1.25}
+    assert graph_path(decoder).kernels_reason.endswith(
+        "bursts multiply through cuBLAS: 1.25 against 1.50 ms"
+    )

@@ -69,8 +69,30 @@ def test_the_draft_daemon_prepares_and_refuses_impossible_sizes(loaded_draft_dae
         assert bad.type == "error" and bad["code"] == "bad-value"
 
 
+WELCOME_BASE = {
+    "role": "draft",
+    "model": "m",
+    "tokenizer_fingerprint": None,
+    "device_ids": ["cuda:0"],
+    "torch_version": "2.11",
+    "torch_build": "cuda",
+    "pid": 1,
+}
+
+
 def test_welcome_facts_name_the_path_only_where_a_drafter_has_one():
+    from types import SimpleNamespace
+
+    from engine.graph_decoder import DecodePath
+
     assert decode_path_facts(object()) == {}
+    lean = SimpleNamespace(path=DecodePath("lean", "no CUDA"))
+    assert decode_path_facts(lean) == {"decode_path": "lean", "decode_path_reason": "no CUDA"}
+    graphs = SimpleNamespace(path=DecodePath("cuda-graph", None, 1.0, "triton", "no products"))
+    facts = decode_path_facts(graphs)
+    assert facts["decode_kernels"] == "triton" and facts["decode_kernels_reason"] == "no products"
+    frames = codec.encode("welcome", {**WELCOME_BASE, **facts}, id=1)
+    assert codec.decode(frames)["decode_kernels"] == "triton"  # the protocol carries them
 
 
 def test_the_warm_ups_capture_seconds_count_in_the_first_prompts():
