@@ -558,7 +558,7 @@ class GraphDecoder:
         # the tokens' cos/sin rows, gathered once for every layer (the rotary kernel then
         # reads them without first waiting for the positions)
         rope = self.rope[device].index_select(0, positions)
-        if self.kernels != "torch" and n * self.groups <= KERNEL_ROWS:
+        if self._kernels_serve(n):
             for local, (_, layer) in enumerate(stage.layers):
                 x = self._fused_layer(stage, local, layer, x, positions, rope, products)
             return x
@@ -570,6 +570,10 @@ class GraphDecoder:
         for local, (_, layer) in enumerate(stage.layers):
             x = self._layer(stage, local, layer, x, positions, cos, sin, mask)
         return x
+
+    def _kernels_serve(self, n: int) -> bool:
+        """Whether the fused kernels take a forward of n tokens (else torch's ops)."""
+        return self.kernels != "torch" and n * self.groups <= KERNEL_ROWS
 
     def _layer(self, stage, local, layer: LayerWeights, x, positions, cos, sin, mask):
         n, d, heads, kv = x.shape[0], self.head_dim, self.heads, self.kv_heads
@@ -645,7 +649,7 @@ class GraphDecoder:
             return decode_kernels.linear(
                 x, (self.lm_head, None), norm=self.final_norm, eps=self.eps, pdl=self.pdl
             )
-        if self.kernels != "torch" and x.shape[0] * self.groups <= KERNEL_ROWS:
+        if self._kernels_serve(x.shape[0]):
             norm = decode_kernels.rms_norm(x, self.final_norm, self.eps, self.pdl)
             return F.linear(norm, self.lm_head)
         return F.linear(F.rms_norm(x, (self.hidden,), self.final_norm, self.eps), self.lm_head)

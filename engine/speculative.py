@@ -158,7 +158,7 @@ class SpeculativeDecoder:
         eos = target.eos_token_ids
         draft_capture_s = 0.0
         if schedule.k > 0:  # a GPU draft beside a target off the graph path: captured now
-            context = len(prompt) + max_new_tokens + max(schedule.ks) + 2
+            context = len(prompt) + max_new_tokens  # the drafter adds its own k headroom
             draft_capture_s = drafter.prepare(context, schedule.ks, self.temperature, on_capture)
         if on_prefill is not None:
             on_prefill()

@@ -188,7 +188,7 @@ class _Run:
         self.result: dict | None = None
         self.failure: ev.ErrorEvent | None = None
         self.warming = False  # the warm-up generation's events are not the run's
-        self.warmup_capture: dict = {}  # its capture seconds, added to the first prompt's
+        self.warmup: dict = {}  # its document: its capture seconds join the first prompt's
         # a session's prompts: running totals only, each prompt's document streamed to the
         # record (prompts.jsonl), so a run of hours holds as much as a run of one prompt
         self.pool = PooledFigures()
@@ -404,11 +404,11 @@ class _Run:
         req, work = self.request, self.request.workload
         if self.warming:
             self.warming = False
-            self.warmup_capture = _capture_figures(generation)
+            self.warmup = generation
             self._start_workload(supervisor)
             return
-        generation = _with_capture(generation, self.warmup_capture)
-        self.warmup_capture = {}
+        generation = _with_capture(generation, self.warmup)
+        self.warmup = {}
         if not req.session:
             self.result = self._document(generation)
             return
@@ -651,23 +651,17 @@ def _wait_exit(daemon: Daemon, timeout_s: float) -> int | None:
     return None
 
 
-def _capture_figures(generation: dict) -> dict:
-    """A generation's seconds capturing graphs: in all and per role."""
-    paths = generation.get("decode_paths") or {}
-    return {
-        "capture_s": generation.get("capture_s") or 0.0,
-        "roles": {role: (path or {}).get("capture_s") or 0.0 for role, path in paths.items()},
-    }
-
-
 def _with_capture(generation: dict, earlier: dict) -> dict:
-    """`generation` with `earlier` capture seconds (the warm-up's) added to its own."""
-    if not earlier or not earlier["capture_s"]:
+    """`generation` with the capture seconds of `earlier` (the warm-up's document) added to
+    its own, in all and per role."""
+    if not earlier.get("capture_s"):
         return generation
+    before = earlier.get("decode_paths") or {}
     paths = {
         role: {
             **path,
-            "capture_s": (path.get("capture_s") or 0.0) + earlier["roles"].get(role, 0.0),
+            "capture_s": (path.get("capture_s") or 0.0)
+            + ((before.get(role) or {}).get("capture_s") or 0.0),
         }
         for role, path in (generation.get("decode_paths") or {}).items()
     }

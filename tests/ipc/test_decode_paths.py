@@ -98,7 +98,7 @@ def test_welcome_facts_name_the_path_only_where_a_drafter_has_one():
 def test_the_warm_ups_capture_seconds_count_in_the_first_prompts():
     """With a warm-up (the default), graphs are captured in it: its seconds must not vanish
     from the record, in all and per role."""
-    from ipc.runner import _capture_figures, _with_capture
+    from ipc.runner import _with_capture
 
     warmup = {
         "capture_s": 2.5,
@@ -115,13 +115,13 @@ def test_the_warm_ups_capture_seconds_count_in_the_first_prompts():
             "draft": {"path": "cuda-graph", "reason": None, "capture_s": 0.0},
         },
     }
-    got = _with_capture(first, _capture_figures(warmup))
+    got = _with_capture(first, warmup)
     assert got["capture_s"] == 2.75 and got["output_token_ids"] == [1, 2]
     assert got["decode_paths"]["target"]["capture_s"] == 1.75
     assert got["decode_paths"]["draft"]["capture_s"] == 1.0
     assert first["capture_s"] == 0.25  # the daemon's own document is left as it was
     assert _with_capture(first, {}) is first
-    assert _with_capture(first, _capture_figures({"capture_s": 0.0})) is first
+    assert _with_capture(first, {"capture_s": 0.0}) is first
 
 
 def test_the_warm_ups_capture_progress_is_shown_and_its_decoding_is_not():
